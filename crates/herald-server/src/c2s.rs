@@ -1,0 +1,572 @@
+//! RFC 6120 client-to-server streams: negotiation (STARTTLS or direct TLS, SASL, resource
+//! binding, legacy session) and then the session loop.
+//!
+//! Negotiation is a straight-line async function: each step either yields the next state's
+//! data or ends the stream with a typed error. One task per connection owns the socket; other
+//! tasks reach the session only through its bounded outbox.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use herald_core::sasl::{self, ScramCredential, ScramHash, ScramServer};
+use herald_core::{ns, Jid, StanzaError, StanzaErrorCondition as Cond, StreamErrorCondition as SErr};
+use herald_xml::{Element, StreamEvent, StreamHeader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::ext::{self, presence};
+use crate::session::{Outbound, SessionHandle};
+use crate::stream::{self, stream_error, Conn, StreamEnd};
+use crate::Server;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+/// SASL attempts per stream before the stream is closed (RFC 6120 §6.4.5 suggests 2 to 5).
+const MAX_SASL_ATTEMPTS: u32 = 3;
+
+/// Entry point for an accepted TCP connection.
+pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
+    tracing::info!(%peer, direct_tls, "c2s connection");
+    let mut conn = Conn::new(&server, stream::plain(tcp), peer);
+    let preauth = Duration::from_secs(server.settings.raw.c2s.preauth_timeout_secs);
+    let mut shutdown = server.shutdown.clone();
+    let negotiated = tokio::select! {
+        r = tokio::time::timeout(preauth, negotiate(&server, &mut conn, direct_tls)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(stream_error(SErr::ConnectionTimeout, "negotiation took too long")),
+        },
+        _ = crate::stopped(&mut shutdown) => Err(StreamEnd::Error(SErr::SystemShutdown, None)),
+    };
+    match negotiated {
+        Ok(bound) => run_session(&server, conn, bound).await,
+        Err(end) => finish(&mut conn, end, None).await,
+    }
+}
+
+/// Ends a stream, logging one line.
+async fn finish(conn: &mut Conn, end: StreamEnd, jid: Option<&Jid>) {
+    let peer = conn.peer;
+    let who = jid.map(|j| j.to_string()).unwrap_or_default();
+    match end {
+        StreamEnd::Closed => {
+            tracing::info!(%peer, jid = %who, "c2s closed by peer");
+            conn.close().await;
+        }
+        StreamEnd::Io(e) => tracing::info!(%peer, jid = %who, error = %e, "c2s connection lost"),
+        StreamEnd::Error(cond, text) => {
+            tracing::info!(%peer, jid = %who, error = cond.as_str(), detail = text.as_deref().unwrap_or(""), "c2s stream error");
+            conn.close_with_error(cond, text.as_deref()).await;
+        }
+    }
+}
+
+struct Bound {
+    jid: Jid,
+    handle: SessionHandle,
+    rx: mpsc::Receiver<Outbound>,
+}
+
+/// Waits for the client's stream header and answers with ours. Errors found in the header
+/// are sent after our header (RFC 6120 §4.9.1.1: an error needs an open stream).
+async fn open_stream(server: &Server, conn: &mut Conn) -> Result<String, StreamEnd> {
+    let header = loop {
+        match conn.next_event().await {
+            Ok(StreamEvent::Open(h)) => break h,
+            Ok(_) => return Err(header_error(server, conn, SErr::NotWellFormed, "expected a stream header", None)),
+            Err(StreamEnd::Error(c, t)) => {
+                let text = t.unwrap_or_default();
+                return Err(header_error(server, conn, c, &text, None));
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let to = header_attr(&header, "to");
+    let domain = match to.as_deref().map(Jid::parse) {
+        Some(Ok(j)) if j.node().is_none() && j.resource().is_none() && server.serves(j.domain()) => {
+            j.domain().to_string()
+        }
+        Some(_) => return Err(header_error(server, conn, SErr::HostUnknown, "this server does not serve that domain", None)),
+        None => return Err(header_error(server, conn, SErr::HostUnknown, "the stream header needs a 'to' address", None)),
+    };
+    if header.name != "stream" || header.ns != ns::STREAM {
+        return Err(header_error(server, conn, SErr::InvalidNamespace, "not an XMPP stream", Some(&domain)));
+    }
+    if header.default_ns.as_deref() != Some(ns::CLIENT) {
+        return Err(header_error(server, conn, SErr::InvalidNamespace, "expected xmlns='jabber:client'", Some(&domain)));
+    }
+    match header_attr(&header, "version").as_deref() {
+        Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()) == Some(1) => {}
+        Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()).unwrap_or(0) > 1 => {
+            return Err(header_error(server, conn, SErr::UnsupportedVersion, "only XMPP 1.0 is supported", Some(&domain)))
+        }
+        _ => {
+            return Err(header_error(
+                server,
+                conn,
+                SErr::UnsupportedVersion,
+                "pre-XMPP 1.0 streams are not supported",
+                Some(&domain),
+            ))
+        }
+    }
+    let client_from = header_attr(&header, "from").filter(|f| Jid::parse(f).is_ok());
+    conn.queue_header(&domain, &stream::random_id(), client_from.as_deref());
+    Ok(domain)
+}
+
+fn header_attr(h: &StreamHeader, name: &str) -> Option<String> {
+    h.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+}
+
+fn header_error(server: &Server, conn: &mut Conn, cond: SErr, text: &str, domain: Option<&str>) -> StreamEnd {
+    let from = domain.unwrap_or(&server.settings.domains[0]).to_string();
+    conn.queue_header(&from, &stream::random_id(), None);
+    stream_error(cond, text)
+}
+
+fn features() -> Element {
+    Element::new("features", ns::STREAM)
+}
+
+async fn negotiate(server: &Arc<Server>, conn: &mut Conn, direct_tls: bool) -> Result<Bound, StreamEnd> {
+    if direct_tls {
+        conn.upgrade_tls(server).await?;
+    }
+    let require_tls = server.settings.raw.c2s.require_encryption;
+    // Stage 1: TLS.
+    let domain = loop {
+        let domain = open_stream(server, conn).await?;
+        if conn.secure {
+            break domain;
+        }
+        let mut f = features();
+        let mut starttls = Element::new("starttls", ns::TLS);
+        if require_tls {
+            starttls.push(Element::new("required", ns::TLS));
+        }
+        f.push(starttls);
+        if !require_tls {
+            f.push(mechanisms(server, conn));
+        }
+        conn.queue_stream_element(&f);
+        conn.flush().await?;
+        let el = conn.next_stanza().await?;
+        if el.is("starttls", ns::TLS) {
+            conn.send(&Element::new("proceed", ns::TLS)).await?;
+            conn.upgrade_tls(server).await.map_err(StreamEnd::Io)?;
+            continue;
+        }
+        if el.is("auth", ns::SASL) && !require_tls {
+            // Unencrypted auth allowed by configuration: fall through with this element.
+            let jid = authenticate(server, conn, &domain, Some(el)).await?;
+            return bind_stage(server, conn, jid).await;
+        }
+        let text = if el.is("auth", ns::SASL) {
+            conn.send(&sasl_failure("encryption-required", Some("use STARTTLS first"))).await?;
+            "encryption required"
+        } else {
+            "STARTTLS is required first"
+        };
+        return Err(stream_error(SErr::PolicyViolation, text));
+    };
+    // Stage 2: SASL.
+    let mut f = features();
+    f.push(mechanisms(server, conn));
+    if let Some(cb) = channel_binding_types(conn) {
+        f.push(cb);
+    }
+    conn.queue_stream_element(&f);
+    conn.flush().await?;
+    let jid = authenticate(server, conn, &domain, None).await?;
+    bind_stage(server, conn, jid).await
+}
+
+fn mechanisms(server: &Server, conn: &Conn) -> Element {
+    let mut m = Element::new("mechanisms", ns::SASL);
+    let mut add = |name: &str| m.push(Element::new("mechanism", ns::SASL).with_text(name));
+    if conn.secure {
+        for h in [ScramHash::Sha512, ScramHash::Sha256, ScramHash::Sha1] {
+            add(h.plus_mechanism());
+        }
+    }
+    for h in [ScramHash::Sha512, ScramHash::Sha256, ScramHash::Sha1] {
+        add(h.mechanism());
+    }
+    if conn.secure && server.settings.raw.auth.allow_plain {
+        add("PLAIN");
+    }
+    m
+}
+
+/// XEP-0440: which channel-binding types this connection supports.
+fn channel_binding_types(conn: &Conn) -> Option<Element> {
+    if !conn.secure {
+        return None;
+    }
+    let mut e = Element::new("sasl-channel-binding", "urn:xmpp:sasl-cb:0");
+    if conn.binding.tls_exporter.is_some() {
+        e.push(Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-exporter"));
+    }
+    e.push(Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-server-end-point"));
+    Some(e)
+}
+
+fn sasl_failure(cond: &str, text: Option<&str>) -> Element {
+    let mut f = Element::new("failure", ns::SASL).with_child(Element::new(cond, ns::SASL));
+    if let Some(t) = text {
+        f.push(Element::new("text", ns::SASL).with_attr("xml:lang", "en").with_text(t));
+    }
+    f
+}
+
+fn decode_b64(el: &Element) -> Result<Vec<u8>, sasl::SaslError> {
+    let t = el.text();
+    let t = t.trim();
+    if t.is_empty() || t == "=" {
+        return Ok(Vec::new());
+    }
+    B64.decode(t).map_err(|_| sasl::SaslError::MalformedRequest("invalid base64"))
+}
+
+/// Runs SASL until success; failures are reported and retried up to a limit.
+async fn authenticate(server: &Arc<Server>, conn: &mut Conn, domain: &str, first: Option<Element>) -> Result<Jid, StreamEnd> {
+    let mut pending = first;
+    let mut attempts = 0;
+    loop {
+        let el = match pending.take() {
+            Some(e) => e,
+            None => conn.next_stanza().await?,
+        };
+        if !el.is("auth", ns::SASL) {
+            return Err(stream_error(SErr::NotAuthorized, "authenticate first"));
+        }
+        attempts += 1;
+        match sasl_exchange(server, conn, domain, &el).await? {
+            Ok((jid, data)) => {
+                let mut success = Element::new("success", ns::SASL);
+                if let Some(d) = data {
+                    success.push_text(B64.encode(d));
+                }
+                conn.queue(&success);
+                conn.flush().await?;
+                conn.reset();
+                tracing::info!(peer = %conn.peer, jid = %jid, "c2s authenticated");
+                return Ok(jid);
+            }
+            Err((err, account)) => {
+                tracing::info!(peer = %conn.peer, account = account.as_deref().unwrap_or(""), reason = err.condition(), "c2s authentication failed");
+                let (cond, text) = match &err {
+                    AuthFail::Throttled => ("temporary-auth-failure", Some("too many failed attempts; try again later")),
+                    AuthFail::Sasl(e) => (e.condition(), None),
+                };
+                conn.send(&sasl_failure(cond, text)).await?;
+                if attempts >= MAX_SASL_ATTEMPTS {
+                    return Err(stream_error(SErr::PolicyViolation, "too many failed authentication attempts"));
+                }
+            }
+        }
+    }
+}
+
+enum AuthFail {
+    Throttled,
+    Sasl(sasl::SaslError),
+}
+
+impl AuthFail {
+    fn condition(&self) -> &'static str {
+        match self {
+            AuthFail::Throttled => "temporary-auth-failure",
+            AuthFail::Sasl(e) => e.condition(),
+        }
+    }
+}
+
+impl From<sasl::SaslError> for AuthFail {
+    fn from(e: sasl::SaslError) -> Self {
+        AuthFail::Sasl(e)
+    }
+}
+
+/// Success carries the JID and RFC 6120 §6.3.10 additional data (SCRAM's server-final).
+type Exchange = Result<(Jid, Option<Vec<u8>>), (AuthFail, Option<String>)>;
+
+/// One SASL exchange. Outer error: the stream broke; inner: authentication failed.
+async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth: &Element) -> Result<Exchange, StreamEnd> {
+    let ip = conn.peer.ip();
+    let mech = auth.attr("mechanism").unwrap_or("");
+    let initial = match decode_b64(auth) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err((e.into(), None))),
+    };
+    if server.throttle.is_throttled(ip, None) {
+        return Ok(Err((AuthFail::Throttled, None)));
+    }
+    if mech == "PLAIN" {
+        if !conn.secure || !server.settings.raw.auth.allow_plain {
+            let e = if conn.secure { sasl::SaslError::InvalidMechanism } else { sasl::SaslError::EncryptionRequired };
+            return Ok(Err((e.into(), None)));
+        }
+        let (authzid, authcid, password) = match sasl::parse_plain(&initial) {
+            Ok(p) => p,
+            Err(e) => return Ok(Err((e.into(), None))),
+        };
+        let jid = match Jid::new(Some(&authcid), domain, None) {
+            Ok(j) => j,
+            Err(_) => return Ok(Err((sasl::SaslError::NotAuthorized.into(), Some(authcid)))),
+        };
+        let account = jid.bare_str().to_string();
+        if server.throttle.is_throttled(ip, Some(&account)) {
+            return Ok(Err((AuthFail::Throttled, Some(account))));
+        }
+        if let Some(z) = authzid {
+            if Jid::parse(&z).ok().map(|z| z.bare()) != Some(jid.bare()) {
+                return Ok(Err((sasl::SaslError::InvalidAuthzid.into(), Some(account))));
+            }
+        }
+        let creds = load_creds(server, &jid).await;
+        let ok = match creds.into_iter().next() {
+            // PBKDF2 is deliberately slow: keep it off the async workers.
+            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&password)).await.unwrap_or(false),
+            None => false,
+        };
+        return Ok(auth_result(server, ip, jid, ok));
+    }
+    let Some((hash, plus)) = ScramHash::from_mechanism(mech) else {
+        return Ok(Err((sasl::SaslError::InvalidMechanism.into(), None)));
+    };
+    if plus && !conn.secure {
+        return Ok(Err((sasl::SaslError::InvalidMechanism.into(), None)));
+    }
+    let mut scram = ScramServer::new(hash, plus, conn.binding.clone(), conn.secure);
+    let first = match scram.client_first(&initial) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err((e.into(), None))),
+    };
+    let jid = match Jid::new(Some(&first.username), domain, None) {
+        Ok(j) => Some(j),
+        Err(_) => None,
+    };
+    let account = jid.as_ref().map(|j| j.bare_str().to_string()).unwrap_or_else(|| first.username.clone());
+    if server.throttle.is_throttled(ip, Some(&account)) {
+        return Ok(Err((AuthFail::Throttled, Some(account))));
+    }
+    if let (Some(z), Some(j)) = (&first.authzid, &jid) {
+        if Jid::parse(z).ok().map(|z| z.bare()) != Some(j.bare()) {
+            return Ok(Err((sasl::SaslError::InvalidAuthzid.into(), Some(account))));
+        }
+    }
+    let cred = match &jid {
+        Some(j) => load_creds(server, j).await.into_iter().find(|c| c.hash == hash),
+        None => None,
+    };
+    let challenge = scram.server_first(cred.as_ref());
+    conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(&challenge))).await?;
+    let resp = conn.next_stanza().await?;
+    if resp.is("abort", ns::SASL) {
+        return Ok(Err((sasl::SaslError::Aborted.into(), Some(account))));
+    }
+    if !resp.is("response", ns::SASL) {
+        return Err(stream_error(SErr::NotAuthorized, "expected a SASL response"));
+    }
+    let data = match decode_b64(&resp) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err((e.into(), Some(account)))),
+    };
+    match (scram.client_final(&data), jid) {
+        (Ok(server_final), Some(jid)) if cred.is_some() => {
+            Ok(auth_result(server, ip, jid, true).map(|(j, _)| (j, Some(server_final))))
+        }
+        (Err(e), _) => {
+            server.throttle.failure(ip, Some(&account));
+            Ok(Err((e.into(), Some(account))))
+        }
+        _ => {
+            server.throttle.failure(ip, Some(&account));
+            Ok(Err((sasl::SaslError::NotAuthorized.into(), Some(account))))
+        }
+    }
+}
+
+fn auth_result(server: &Server, ip: std::net::IpAddr, jid: Jid, ok: bool) -> Exchange {
+    let account = jid.bare_str().to_string();
+    if ok {
+        server.throttle.success(&account);
+        Ok((jid, None))
+    } else {
+        server.throttle.failure(ip, Some(&account));
+        Err((sasl::SaslError::NotAuthorized.into(), Some(account)))
+    }
+}
+
+async fn load_creds(server: &Server, jid: &Jid) -> Vec<ScramCredential> {
+    let node = jid.node().unwrap_or("");
+    match server.storage.credentials(jid.domain(), node).await {
+        Ok(Some(list)) => list.iter().filter_map(crate::accounts::from_stored).collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::error!(error = %e, "credential lookup failed");
+            Vec::new()
+        }
+    }
+}
+
+async fn bind_stage(server: &Arc<Server>, conn: &mut Conn, jid: Jid) -> Result<Bound, StreamEnd> {
+    open_stream(server, conn).await?;
+    let mut f = features();
+    f.push(Element::new("bind", ns::BIND));
+    f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
+    f.push(Element::new("ver", ns::ROSTER_VER));
+    f.push(Element::new("sub", ns::PRE_APPROVAL));
+    conn.queue_stream_element(&f);
+    conn.flush().await?;
+    loop {
+        let el = conn.next_stanza().await?;
+        let Some(bind) = el.child("bind", ns::BIND).filter(|_| el.name == "iq" && el.attr("type") == Some("set")) else {
+            if el.name == "iq" && el.attr("type").is_some_and(|t| t == "get" || t == "set") {
+                conn.send(&StanzaError::new(Cond::NotAuthorized).with_text("bind a resource first").reply_to(&el)).await?;
+                continue;
+            }
+            return Err(stream_error(SErr::NotAuthorized, "bind a resource first"));
+        };
+        let requested = bind.child("resource", ns::BIND).map(|r| r.text()).filter(|r| !r.trim().is_empty());
+        let full = match requested.as_deref().map(|r| jid.with_resource(r)) {
+            Some(Ok(j)) => j,
+            Some(Err(_)) => {
+                conn.send(&StanzaError::new(Cond::BadRequest).with_text("invalid resource").reply_to(&el)).await?;
+                continue;
+            }
+            None => jid.with_resource(&stream::random_id()).expect("generated resource is valid"),
+        };
+        let (tx, rx) = mpsc::channel(server.settings.raw.c2s.outbox_capacity);
+        let handle = SessionHandle::new(server.registry.next_id(), full.clone(), tx);
+        if let Some(old) = server.registry.bind(handle.clone()) {
+            old.close(SErr::Conflict, Some("replaced by a new session"));
+        }
+        let mut reply = Element::new("iq", ns::CLIENT).with_attr("type", "result");
+        if let Some(id) = el.attr("id") {
+            reply.set_attr("id", id);
+        }
+        reply.push(Element::new("bind", ns::BIND).with_child(Element::new("jid", ns::BIND).with_text(full.to_string())));
+        conn.send(&reply).await?;
+        tracing::info!(peer = %conn.peer, jid = %full, "c2s session bound");
+        return Ok(Bound { jid: full, handle, rx });
+    }
+}
+
+/// State of a bound session that lives in its task.
+pub struct Session {
+    pub jid: Jid,
+    pub handle: SessionHandle,
+    /// Full JIDs we sent directed presence to, owed an unavailable on logout.
+    pub directed: Vec<Jid>,
+}
+
+async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
+    let Bound { jid, handle, mut rx } = bound;
+    let mut session = Session { jid: jid.clone(), handle, directed: Vec::new() };
+    let mut shutdown = server.shutdown.clone();
+    let end = loop {
+        // Drain everything already parsed before reading more.
+        match conn.poll_event() {
+            Ok(Some(StreamEvent::Stanza(el))) => {
+                if let Err(e) = handle_client_stanza(server, &mut conn, &mut session, el).await {
+                    break e;
+                }
+                continue;
+            }
+            Ok(Some(StreamEvent::Close)) => break StreamEnd::Closed,
+            Ok(Some(StreamEvent::Open(_))) => break stream_error(SErr::BadFormat, "unexpected stream header"),
+            Ok(None) => {}
+            Err(e) => break e,
+        }
+        if let Err(e) = conn.flush().await {
+            break StreamEnd::Io(e);
+        }
+        tokio::select! {
+            r = conn.read_some() => if let Err(e) = r { break e; },
+            msg = rx.recv() => match msg {
+                Some(Outbound::Stanza(el)) => {
+                    conn.queue(&el);
+                    // Batch whatever else is already queued into one write.
+                    let mut n = 0;
+                    let mut close = None;
+                    while n < 64 {
+                        match rx.try_recv() {
+                            Ok(Outbound::Stanza(el)) => conn.queue(&el),
+                            Ok(Outbound::Close(c, t)) => { close = Some((c, t)); break; }
+                            Err(_) => break,
+                        }
+                        n += 1;
+                    }
+                    if let Some((c, t)) = close { break StreamEnd::Error(c, t); }
+                }
+                Some(Outbound::Close(c, t)) => break StreamEnd::Error(c, t),
+                None => break StreamEnd::Error(SErr::InternalServerError, None),
+            },
+            _ = crate::stopped(&mut shutdown) => break StreamEnd::Error(SErr::SystemShutdown, None),
+        }
+    };
+    // Unbind first so nothing new is routed here, then announce unavailability and hand
+    // queued stanzas back to the router (offline storage) so nothing is lost.
+    server.registry.unbind(&session.jid, session.handle.id);
+    rx.close();
+    let mut leftovers = Vec::new();
+    while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
+        leftovers.push(el);
+    }
+    presence::session_ended(server, &mut session).await;
+    for el in leftovers {
+        crate::router::reroute_undelivered(server, el).await;
+    }
+    finish(&mut conn, end, Some(&jid)).await;
+}
+
+/// Validates addressing of a stanza from the client and hands it to the right module.
+async fn handle_client_stanza(server: &Arc<Server>, conn: &mut Conn, session: &mut Session, mut el: Element) -> Result<(), StreamEnd> {
+    if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
+        return Err(stream_error(SErr::UnsupportedStanzaType, "only message, presence and iq"));
+    }
+    if let Some(from) = el.attr("from") {
+        let ok = Jid::parse(from).map(|f| f == session.jid || f == session.jid.bare()).unwrap_or(false);
+        if !ok {
+            return Err(stream_error(SErr::InvalidFrom, "'from' does not match this session"));
+        }
+    }
+    el.set_attr("from", session.jid.as_str());
+    let to = match el.attr("to").map(Jid::parse) {
+        None => None,
+        Some(Ok(j)) => Some(j),
+        Some(Err(_)) => {
+            if el.attr("type") != Some("error") {
+                conn.queue(&StanzaError::new(Cond::JidMalformed).reply_to(&el));
+            }
+            return Ok(());
+        }
+    };
+    if let Some(t) = &to {
+        el.set_attr("to", t.as_str());
+    }
+    match el.name.as_str() {
+        "iq" => {
+            // Legacy session establishment (RFC 3921 §3), still sent by old clients.
+            if el.attr("type") == Some("set") && el.child("session", ns::SESSION).is_some() && to.as_ref().is_none_or(|t| t.is_bare() && t.node().is_none()) {
+                conn.queue(&ext::iq_result(&el, None));
+                return Ok(());
+            }
+            if let Some(reply) = ext::client_iq(server, session, el, to).await {
+                conn.queue(&reply);
+            }
+        }
+        "presence" => presence::from_client(server, session, el, to).await,
+        _ => crate::router::message_from_client(server, session, el, to).await,
+    }
+    Ok(())
+}
+
+/// Marks the session as interested in roster pushes.
+pub fn set_interested(session: &Session) {
+    session.handle.shared.interested.store(true, Ordering::Release);
+}

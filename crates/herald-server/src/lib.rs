@@ -1,0 +1,210 @@
+//! Herald server: listeners, stream negotiation, sessions, the router and one module per
+//! protocol extension (see `ext/`).
+//!
+//! `run` is a library function taking validated settings, an opened store and a shutdown
+//! signal, so tests start a real server on 127.0.0.1:0 and talk bytes to it.
+
+pub mod accounts;
+pub mod c2s;
+pub mod component;
+pub mod config;
+pub mod ext;
+pub mod http;
+pub mod router;
+pub mod session;
+pub mod stream;
+pub mod throttle;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_storage::Storage;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use config::{Config, ConfigError, Settings};
+
+/// Everything a connection task or handler needs, shared behind one `Arc`.
+pub struct Server {
+    pub settings: Settings,
+    pub storage: Arc<dyn Storage>,
+    pub tls: tls::TlsContext,
+    pub registry: session::Registry,
+    pub components: component::ComponentTable,
+    pub iq: ext::IqRegistry,
+    pub throttle: throttle::AuthThrottle,
+    pub started: Instant,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Server {
+    pub fn outbox_timeout(&self) -> Duration {
+        Duration::from_secs(self.settings.raw.c2s.outbox_timeout_secs)
+    }
+
+    pub fn serves(&self, domain: &str) -> bool {
+        self.settings.serves(domain)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr} ({what}): {reason}")]
+    Bind { addr: SocketAddr, what: &'static str, reason: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
+
+/// Addresses actually bound (ports resolved when the config said `:0`).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub c2s: Vec<SocketAddr>,
+    pub c2s_direct_tls: Vec<SocketAddr>,
+    pub http: Vec<SocketAddr>,
+    pub component: Vec<SocketAddr>,
+}
+
+/// A started server: its addresses, and a future that ends when it has shut down.
+pub struct Running {
+    pub bound: Bound,
+    pub server: Arc<Server>,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits until every listener and session has ended (after the shutdown signal).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<TcpListener>, RunError> {
+    let mut out = Vec::new();
+    for &addr in addrs {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .map_err(|e| RunError::Bind { addr, what, reason: e.to_string() })?;
+        let _ = socket.set_reuseaddr(true);
+        socket
+            .bind(addr)
+            .map_err(|e| RunError::Bind { addr, what, reason: describe_bind(&e) })?;
+        let l = socket
+            .listen(4096)
+            .map_err(|e| RunError::Bind { addr, what, reason: describe_bind(&e) })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn describe_bind(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use (is another server running?)".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".into(),
+        std::io::ErrorKind::AddrNotAvailable => "address not available on this machine".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Binds every listener, then serves until `shutdown` turns true. Binding errors are
+/// returned before anything is served, so a port in use is one clear error.
+pub async fn start(
+    settings: Settings,
+    storage: Arc<dyn Storage>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Running, RunError> {
+    let tls = tls::TlsContext::load(&settings)?;
+    let c2s = bind_all(&settings.c2s, "c2s").await?;
+    let direct = bind_all(&settings.c2s_direct_tls, "c2s_direct_tls").await?;
+    let http = bind_all(&settings.http, "http").await?;
+    let comp = bind_all(&settings.component, "component").await?;
+    let addr = |ls: &[TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
+    let bound = Bound { c2s: addr(&c2s), c2s_direct_tls: addr(&direct), http: addr(&http), component: addr(&comp) };
+
+    let throttle = throttle::AuthThrottle::new(
+        settings.raw.auth.max_failures,
+        Duration::from_secs(settings.raw.auth.failure_window_secs),
+    );
+    let server = Arc::new(Server {
+        components: component::ComponentTable::new(&settings.components),
+        iq: ext::IqRegistry::standard(),
+        settings,
+        storage,
+        tls,
+        registry: session::Registry::default(),
+        throttle,
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    });
+
+    let mut tasks = JoinSet::new();
+    for l in c2s {
+        tasks.spawn(accept_loop(server.clone(), l, Kind::C2s));
+    }
+    for l in direct {
+        tasks.spawn(accept_loop(server.clone(), l, Kind::DirectTls));
+    }
+    for l in http {
+        tasks.spawn(accept_loop(server.clone(), l, Kind::Http));
+    }
+    for l in comp {
+        tasks.spawn(accept_loop(server.clone(), l, Kind::Component));
+    }
+    tracing::info!(
+        domains = ?server.settings.domains,
+        c2s = ?bound.c2s,
+        direct_tls = ?bound.c2s_direct_tls,
+        http = ?bound.http,
+        component = ?bound.component,
+        storage = server.storage.backend_name(),
+        "herald started"
+    );
+    Ok(Running { bound, server, tasks })
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    C2s,
+    DirectTls,
+    Http,
+    Component,
+}
+
+async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Kind) {
+    let mut shutdown = server.shutdown.clone();
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    let s = server.clone();
+                    match kind {
+                        Kind::C2s => { conns.spawn(c2s::serve(s, tcp, peer, false)); }
+                        Kind::DirectTls => { conns.spawn(c2s::serve(s, tcp, peer, true)); }
+                        Kind::Http => { conns.spawn(http::serve(s, tcp, peer)); }
+                        Kind::Component => { conns.spawn(component::serve(s, tcp, peer)); }
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = crate::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    // Sessions see the same signal and close with system-shutdown; give them the grace period.
+    let grace = Duration::from_secs(server.settings.raw.server.shutdown_grace_secs);
+    let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
+    conns.abort_all();
+}
+
+/// Resolves once the shutdown signal is set (or its sender is gone).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await.map(|_| ());
+}

@@ -1,0 +1,194 @@
+//! The session registry: "where is this full JID?" answered in memory.
+//!
+//! This is the seam a cluster will replace with a distributed directory: callers only ask for
+//! a user's resources or one full JID and get handles that accept stanzas. Per online user it
+//! also caches what the routing path must not fetch from the database for every stanza: the
+//! roster (for presence fan-out) and the block list (XEP-0191).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use herald_core::{Jid, StreamErrorCondition};
+use herald_storage::RosterItem;
+use herald_xml::Element;
+use tokio::sync::mpsc;
+
+/// What other tasks may ask a session's connection task to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Stanza(Element),
+    /// Close the stream with this error (e.g. `conflict` when a new session takes the resource).
+    Close(StreamErrorCondition, Option<String>),
+}
+
+/// Presence state other tasks read without messaging the session.
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    /// Sent initial presence and not yet unavailable.
+    pub available: AtomicBool,
+    pub priority: AtomicI32,
+    /// The last available presence broadcast, replayed to probes and new resources.
+    pub presence: Mutex<Option<Element>>,
+    /// Asked for the roster, so it receives roster pushes (RFC 6121 §2.1.6).
+    pub interested: AtomicBool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: Jid,
+    tx: mpsc::Sender<Outbound>,
+    pub shared: Arc<SessionShared>,
+}
+
+/// Delivery to a session failed; the stanza comes back so the caller can store or bounce it.
+#[derive(Debug)]
+pub struct Undeliverable(pub Element);
+
+impl SessionHandle {
+    pub fn new(id: u64, jid: Jid, tx: mpsc::Sender<Outbound>) -> SessionHandle {
+        SessionHandle { id, jid, tx, shared: Arc::new(SessionShared::default()) }
+    }
+
+    pub fn available(&self) -> bool {
+        self.shared.available.load(Ordering::Acquire)
+    }
+
+    pub fn priority(&self) -> i32 {
+        self.shared.priority.load(Ordering::Acquire)
+    }
+
+    pub fn presence(&self) -> Option<Element> {
+        self.shared.presence.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Queues a stanza. A full outbox makes the sender wait (backpressure) up to `timeout`;
+    /// a session that stays full that long is told to close, and the stanza is returned.
+    pub async fn send(&self, stanza: Element, timeout: Duration) -> Result<(), Undeliverable> {
+        match self.tx.try_send(Outbound::Stanza(stanza)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(Undeliverable(s)),
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                match tokio::time::timeout(timeout, self.tx.send(msg)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(mpsc::error::SendError(Outbound::Stanza(s)))) => Err(Undeliverable(s)),
+                    Err(_) => {
+                        tracing::warn!(jid = %self.jid, "outbox full for too long; closing slow session");
+                        self.close(StreamErrorCondition::PolicyViolation, Some("too slow to read"));
+                        Err(Undeliverable(Element::new("dropped", "")))
+                    }
+                    Ok(Err(_)) => Err(Undeliverable(Element::new("dropped", ""))),
+                }
+            }
+            Err(_) => Err(Undeliverable(Element::new("dropped", ""))),
+        }
+    }
+
+    /// Asks the session to end its stream. Never blocks: a session whose outbox is full gets
+    /// its channel dropped by the registry instead, which ends it too.
+    pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {
+        let _ = self.tx.try_send(Outbound::Close(cond, text.map(str::to_string)));
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// Per online user: their sessions plus caches the routing path reads.
+#[derive(Default)]
+struct UserEntry {
+    sessions: Vec<SessionHandle>,
+    cache: Arc<UserCache>,
+}
+
+/// Roster and block list of an online user, loaded on first use and kept in step by the
+/// modules that write them (they write storage first, then the cache).
+#[derive(Default)]
+pub struct UserCache {
+    pub roster: RwLock<Option<HashMap<String, RosterItem>>>,
+    pub blocklist: RwLock<Option<HashSet<String>>>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    users: DashMap<String, UserEntry>,
+    next_id: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Registry {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Number of bound sessions.
+    pub fn session_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Binds a session; returns the session it replaced (same full JID), which the caller
+    /// closes with `conflict` (RFC 6120 §7.7.2.2).
+    pub fn bind(&self, handle: SessionHandle) -> Option<SessionHandle> {
+        let mut entry = self.users.entry(handle.jid.bare_str().to_string()).or_default();
+        let old = entry
+            .sessions
+            .iter()
+            .position(|s| s.jid == handle.jid)
+            .map(|i| entry.sessions.swap_remove(i));
+        entry.sessions.push(handle);
+        if old.is_none() {
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        old
+    }
+
+    /// Removes a session if it is still the one bound (a replaced session must not unbind
+    /// its successor). Returns true when it was the user's last session.
+    pub fn unbind(&self, jid: &Jid, id: u64) -> bool {
+        let bare = jid.bare_str();
+        let mut last = false;
+        let mut removed = false;
+        if let Some(mut entry) = self.users.get_mut(bare) {
+            if let Some(i) = entry.sessions.iter().position(|s| s.id == id) {
+                entry.sessions.swap_remove(i);
+                removed = true;
+            }
+            last = entry.sessions.is_empty();
+        }
+        if removed {
+            self.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        if last {
+            self.users.remove_if(bare, |_, e| e.sessions.is_empty());
+        }
+        last && removed
+    }
+
+    /// All bound sessions of a bare JID (a cheap clone of a few handles; no lock is kept).
+    pub fn sessions(&self, bare: &str) -> Vec<SessionHandle> {
+        self.users.get(bare).map(|e| e.sessions.clone()).unwrap_or_default()
+    }
+
+    pub fn session(&self, full: &Jid) -> Option<SessionHandle> {
+        let e = self.users.get(full.bare_str())?;
+        e.sessions.iter().find(|s| s.jid == *full).cloned()
+    }
+
+    pub fn is_online(&self, bare: &str) -> bool {
+        self.users.contains_key(bare)
+    }
+
+    /// The caches of an online user, if online.
+    pub fn cache(&self, bare: &str) -> Option<Arc<UserCache>> {
+        self.users.get(bare).map(|e| e.cache.clone())
+    }
+
+    /// Every session, for shutdown.
+    pub fn all_sessions(&self) -> Vec<SessionHandle> {
+        self.users.iter().flat_map(|e| e.sessions.clone()).collect()
+    }
+}

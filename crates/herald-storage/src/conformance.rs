@@ -1,0 +1,1193 @@
+//! The storage contract as executable checks, run against every backend.
+//!
+//! [`run_all`] exercises every method of [`Storage`] including its edges (duplicates,
+//! absent rows, quota boundaries, ordering, version monotonicity, cascade deletes, unicode,
+//! large values, concurrent writers). It panics with a message naming the failed check.
+//!
+//! All data it writes lives under a fresh random domain, so it can run against a database
+//! that already holds other data (or an earlier run) without interference.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::{
+    OfflineMessage, Result, RosterItem, Storage, StorageError, StoredCredential, Subscription,
+};
+
+/// Runs every check against `store`; panics on the first failure.
+pub async fn run_all(store: Arc<dyn Storage>) {
+    let backend = store.backend_name();
+    assert!(
+        backend == "sqlite" || backend == "postgres",
+        "[meta] unexpected backend_name {backend:?}"
+    );
+    let tag: u64 = rand::thread_rng().gen();
+    let domain = format!("conf-{tag:016x}.example");
+    let cx = Cx {
+        store,
+        domain: domain.clone(),
+    };
+    accounts(&cx).await;
+    roster(&cx).await;
+    roster_concurrency(&cx).await;
+    pending(&cx).await;
+    offline(&cx).await;
+    offline_concurrency(&cx).await;
+    private(&cx).await;
+    blocking(&cx).await;
+    last_activity(&cx).await;
+    delete_account_cascade(&cx).await;
+    tracing::info!(backend, "storage conformance passed");
+}
+
+struct Cx {
+    store: Arc<dyn Storage>,
+    domain: String,
+}
+
+impl Cx {
+    fn jid(&self, user: &str) -> String {
+        format!("{user}@{}", self.domain)
+    }
+}
+
+/// Unwraps a storage result, naming the check on failure.
+#[track_caller]
+fn ok<T>(r: Result<T>, check: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("[{check}] unexpected storage error: {e}"),
+    }
+}
+
+#[track_caller]
+fn same<T: PartialEq + Debug>(got: T, want: T, check: &str) {
+    assert!(
+        got == want,
+        "[{check}] mismatch\n   got: {got:?}\n  want: {want:?}"
+    );
+}
+
+fn cred(mechanism: &str, seed: u8) -> StoredCredential {
+    StoredCredential {
+        mechanism: mechanism.to_string(),
+        salt: (0..16).map(|i| seed.wrapping_add(i)).collect(),
+        iterations: 4096 + u32::from(seed),
+        stored_key: (0..32).map(|i| seed ^ i).collect(),
+        server_key: (0..32).map(|i| seed.wrapping_mul(i)).collect(),
+    }
+}
+
+fn item(jid: &str, name: Option<&str>, sub: Subscription, groups: &[&str]) -> RosterItem {
+    RosterItem {
+        jid: jid.to_string(),
+        name: name.map(str::to_string),
+        subscription: sub,
+        ask: false,
+        approved: false,
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+async fn accounts(cx: &Cx) {
+    let s = &*cx.store;
+    let d = cx.domain.as_str();
+    let other_domain = format!("other.{d}");
+
+    same(
+        ok(s.account_exists(d, "alice").await, "acct exists (none)"),
+        false,
+        "account_exists before create",
+    );
+    same(
+        ok(s.credentials(d, "alice").await, "creds (none)"),
+        None,
+        "credentials of missing account",
+    );
+    same(
+        ok(s.list_accounts(d).await, "list (none)"),
+        vec![],
+        "list_accounts of empty domain",
+    );
+    same(
+        ok(s.delete_account(d, "alice").await, "delete missing"),
+        false,
+        "delete_account of missing account",
+    );
+    same(
+        ok(
+            s.set_credentials(d, "alice", &[cred("SCRAM-SHA-1", 1)])
+                .await,
+            "set creds missing",
+        ),
+        false,
+        "set_credentials of missing account",
+    );
+
+    let creds = vec![
+        cred("SCRAM-SHA-256", 7),
+        cred("SCRAM-SHA-1", 3),
+        cred("SCRAM-SHA-512", 200),
+    ];
+    ok(s.create_account(d, "alice", &creds).await, "create alice");
+    same(
+        ok(s.account_exists(d, "alice").await, "exists"),
+        true,
+        "account_exists after create",
+    );
+    same(
+        ok(s.credentials(d, "alice").await, "creds"),
+        Some(creds.clone()),
+        "credentials round trip in order",
+    );
+    match s
+        .create_account(d, "alice", &[cred("SCRAM-SHA-1", 9)])
+        .await
+    {
+        Err(StorageError::AlreadyExists) => {}
+        other => panic!("[create duplicate] expected AlreadyExists, got {other:?}"),
+    }
+    same(
+        ok(s.credentials(d, "alice").await, "creds"),
+        Some(creds.clone()),
+        "duplicate create leaves credentials alone",
+    );
+
+    // Same username in another domain is another account.
+    same(
+        ok(
+            s.account_exists(&other_domain, "alice").await,
+            "other domain",
+        ),
+        false,
+        "accounts are per domain",
+    );
+    ok(
+        s.create_account(&other_domain, "alice", &[]).await,
+        "create alice in other domain",
+    );
+    same(
+        ok(s.credentials(&other_domain, "alice").await, "creds empty"),
+        Some(vec![]),
+        "account without credentials",
+    );
+
+    // Replace credentials entirely.
+    let extreme = StoredCredential {
+        mechanism: "SCRAM-SHA-512".into(),
+        salt: vec![],
+        iterations: u32::MAX,
+        stored_key: (0..=255).collect(),
+        server_key: vec![0; 64],
+    };
+    same(
+        ok(
+            s.set_credentials(d, "alice", std::slice::from_ref(&extreme))
+                .await,
+            "set creds",
+        ),
+        true,
+        "set_credentials on existing account",
+    );
+    same(
+        ok(s.credentials(d, "alice").await, "creds"),
+        Some(vec![extreme.clone()]),
+        "set_credentials replaces all (extreme values)",
+    );
+    same(
+        ok(s.set_credentials(d, "alice", &[]).await, "set empty"),
+        true,
+        "set_credentials to empty",
+    );
+    same(
+        ok(s.credentials(d, "alice").await, "creds"),
+        Some(vec![]),
+        "credentials emptied",
+    );
+    ok(s.set_credentials(d, "alice", &creds).await, "restore creds");
+    same(
+        ok(s.credentials(&other_domain, "alice").await, "creds other"),
+        Some(vec![]),
+        "other domain's credentials untouched",
+    );
+
+    // Listing is sorted in code-point order.
+    for u in ["zed", "bob", "émile", "Carol", "日本", "alice2"] {
+        ok(
+            s.create_account(d, u, &[cred("SCRAM-SHA-256", 1)]).await,
+            "create for listing",
+        );
+    }
+    let mut want = strings(&["alice", "zed", "bob", "émile", "Carol", "日本", "alice2"]);
+    want.sort();
+    same(
+        ok(s.list_accounts(d).await, "list"),
+        want,
+        "list_accounts sorted",
+    );
+    same(
+        ok(s.list_accounts(&other_domain).await, "list other"),
+        strings(&["alice"]),
+        "list_accounts per domain",
+    );
+    same(
+        ok(s.credentials(d, "日本").await, "unicode creds"),
+        Some(vec![cred("SCRAM-SHA-256", 1)]),
+        "unicode username",
+    );
+
+    same(
+        ok(s.delete_account(d, "zed").await, "delete zed"),
+        true,
+        "delete_account existing",
+    );
+    same(
+        ok(s.account_exists(d, "zed").await, "zed gone"),
+        false,
+        "deleted account is gone",
+    );
+    same(
+        ok(s.credentials(d, "zed").await, "zed creds"),
+        None,
+        "deleted account has no credentials",
+    );
+    same(
+        ok(s.delete_account(d, "zed").await, "delete zed again"),
+        false,
+        "delete_account twice",
+    );
+    ok(s.create_account(d, "zed", &[]).await, "recreate zed");
+    same(
+        ok(s.credentials(d, "zed").await, "zed creds"),
+        Some(vec![]),
+        "recreated account starts clean",
+    );
+    same(
+        ok(s.account_exists(d, "alice").await, "alice"),
+        true,
+        "other accounts survive a delete",
+    );
+}
+
+async fn roster(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("roster-owner");
+    let other = cx.jid("roster-other");
+
+    same(
+        ok(s.roster(&owner).await, "roster"),
+        (0, vec![]),
+        "never-modified roster is (0, [])",
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver"),
+        0,
+        "never-modified roster version is 0",
+    );
+    same(
+        ok(s.roster_item(&owner, "x@y").await, "item"),
+        None,
+        "roster_item missing",
+    );
+    same(
+        ok(s.remove_roster_item(&owner, "x@y").await, "remove"),
+        None,
+        "remove missing item",
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver"),
+        0,
+        "removing a missing item leaves version",
+    );
+
+    let mut juliet = item(
+        "juliet@capulet.example",
+        Some("Juliet"),
+        Subscription::Both,
+        &["Friends", "Lovers"],
+    );
+    let v1 = ok(s.put_roster_item(&owner, &juliet).await, "put juliet");
+    assert!(
+        v1 >= 1,
+        "[put_roster_item] first version must be >= 1, got {v1}"
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver"),
+        v1,
+        "roster_version after put",
+    );
+    same(
+        ok(s.roster_item(&owner, &juliet.jid).await, "item"),
+        Some(juliet.clone()),
+        "roster_item round trip",
+    );
+
+    // Unicode jid, name and groups; groups holding separators and digits; no name.
+    let mut unicode = item(
+        "jürgen@例え.テスト",
+        Some("Jürgen 🎉 \"quoted\" <x>"),
+        Subscription::To,
+        &["Ärzte", "3:x", "a,b;c", "日本語"],
+    );
+    unicode.ask = true;
+    let v2 = ok(s.put_roster_item(&owner, &unicode).await, "put unicode");
+    assert!(
+        v2 > v1,
+        "[put_roster_item] version must increase: {v1} then {v2}"
+    );
+    let mut nameless = item("aaa@a.example", None, Subscription::None, &[]);
+    nameless.approved = true;
+    let v3 = ok(s.put_roster_item(&owner, &nameless).await, "put nameless");
+    assert!(
+        v3 > v2,
+        "[put_roster_item] version must increase: {v2} then {v3}"
+    );
+    let from = item("from@f.example", Some(""), Subscription::From, &[""]);
+    let v4 = ok(s.put_roster_item(&owner, &from).await, "put from");
+    assert!(
+        v4 > v3,
+        "[put_roster_item] version must increase: {v3} then {v4}"
+    );
+
+    let (ver, items) = ok(s.roster(&owner).await, "roster");
+    same(ver, v4, "roster version matches last put");
+    let mut want = vec![
+        juliet.clone(),
+        unicode.clone(),
+        nameless.clone(),
+        from.clone(),
+    ];
+    want.sort_by(|a, b| a.jid.cmp(&b.jid));
+    same(
+        items,
+        want,
+        "roster items sorted by jid, all fields round trip",
+    );
+
+    // Replacing an item replaces its groups too.
+    juliet.groups = vec!["Family".into()];
+    juliet.name = None;
+    juliet.subscription = Subscription::From;
+    juliet.ask = true;
+    juliet.approved = true;
+    let v5 = ok(s.put_roster_item(&owner, &juliet).await, "replace juliet");
+    assert!(
+        v5 > v4,
+        "[put_roster_item replace] version must increase: {v4} then {v5}"
+    );
+    same(
+        ok(s.roster_item(&owner, &juliet.jid).await, "item"),
+        Some(juliet.clone()),
+        "replace replaces every field and the groups",
+    );
+    juliet.groups.clear();
+    let v6 = ok(s.put_roster_item(&owner, &juliet).await, "clear groups");
+    same(
+        ok(s.roster_item(&owner, &juliet.jid).await, "item"),
+        Some(juliet.clone()),
+        "replace with no groups clears them",
+    );
+    same(
+        ok(s.roster(&owner).await, "roster").1.len(),
+        4,
+        "replace does not duplicate items",
+    );
+
+    // Removal.
+    let v7 = ok(
+        s.remove_roster_item(&owner, &unicode.jid).await,
+        "remove unicode",
+    );
+    match v7 {
+        Some(v) => assert!(
+            v > v6,
+            "[remove_roster_item] version must increase: {v6} then {v}"
+        ),
+        None => panic!("[remove_roster_item] existing item reported absent"),
+    }
+    let v7 = v7.unwrap();
+    same(
+        ok(s.roster_item(&owner, &unicode.jid).await, "item"),
+        None,
+        "removed item is gone",
+    );
+    same(
+        ok(
+            s.remove_roster_item(&owner, &unicode.jid).await,
+            "remove again",
+        ),
+        None,
+        "removing twice gives None",
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver"),
+        v7,
+        "second removal leaves version unchanged",
+    );
+
+    // Every subscription state round-trips.
+    for (i, sub) in [
+        Subscription::None,
+        Subscription::To,
+        Subscription::From,
+        Subscription::Both,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let it = item(&format!("sub{i}@s.example"), None, sub, &["G"]);
+        ok(s.put_roster_item(&owner, &it).await, "put sub");
+        same(
+            ok(s.roster_item(&owner, &it.jid).await, "item"),
+            Some(it),
+            "subscription round trip",
+        );
+    }
+
+    // Other owners are independent.
+    same(
+        ok(s.roster(&other).await, "other roster"),
+        (0, vec![]),
+        "another owner's roster is untouched",
+    );
+    let ov = ok(s.put_roster_item(&other, &juliet).await, "other put");
+    assert!(ov >= 1, "[per-owner versions] got {ov}");
+    same(
+        ok(s.roster_item(&owner, &juliet.jid).await, "item"),
+        Some(juliet.clone()),
+        "same jid in two rosters is independent",
+    );
+    let before = ok(s.roster_version(&owner).await, "ver");
+    ok(
+        s.remove_roster_item(&other, &juliet.jid).await,
+        "other remove",
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver"),
+        before,
+        "another owner's changes leave this version",
+    );
+    same(
+        ok(s.roster_item(&owner, &juliet.jid).await, "item"),
+        Some(juliet),
+        "another owner's removal leaves this item",
+    );
+    // An emptied roster keeps its version (clients must not get version 0 back).
+    same(
+        ok(s.roster(&other).await, "other roster").1,
+        vec![],
+        "other roster emptied",
+    );
+    assert!(
+        ok(s.roster_version(&other).await, "ver") > ov,
+        "[emptied roster] version must not go back"
+    );
+}
+
+async fn roster_concurrency(cx: &Cx) {
+    let owner = cx.jid("roster-concurrent");
+    const N: usize = 16;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let store = cx.store.clone();
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            let it = item(
+                &format!("c{i:02}@c.example"),
+                None,
+                Subscription::None,
+                &["g"],
+            );
+            store.put_roster_item(&owner, &it).await
+        }));
+    }
+    let mut versions = BTreeSet::new();
+    for t in tasks {
+        let v = ok(t.await.expect("task panicked"), "concurrent put");
+        assert!(
+            versions.insert(v),
+            "[concurrent put_roster_item] version {v} handed out twice"
+        );
+    }
+    same(versions.len(), N, "concurrent puts each get a version");
+    let (ver, items) = ok(cx.store.roster(&owner).await, "roster");
+    same(
+        Some(&ver),
+        versions.last(),
+        "final version is the highest handed out",
+    );
+    same(ver, N as u64, "versions count every put");
+    same(items.len(), N, "all concurrent items stored");
+}
+
+async fn pending(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("pending-owner");
+    let other = cx.jid("pending-other");
+    let stanza = |from: &str, n: u32| {
+        format!("<presence from='{from}' type='subscribe'><status>ask {n} ✓</status></presence>")
+    };
+
+    same(
+        ok(s.pending_in(&owner).await, "pending"),
+        vec![],
+        "no pending requests",
+    );
+    same(
+        ok(s.remove_pending_in(&owner, "a@x").await, "remove"),
+        false,
+        "remove missing pending",
+    );
+
+    ok(
+        s.add_pending_in(&owner, "c@x.example", &stanza("c@x.example", 1))
+            .await,
+        "add c",
+    );
+    ok(
+        s.add_pending_in(&owner, "a@x.example", &stanza("a@x.example", 1))
+            .await,
+        "add a",
+    );
+    ok(
+        s.add_pending_in(&owner, "ü@ÿ.example", &stanza("ü@ÿ.example", 1))
+            .await,
+        "add ü",
+    );
+    ok(
+        s.add_pending_in(&other, "a@x.example", &stanza("a@x.example", 9))
+            .await,
+        "add other",
+    );
+    same(
+        ok(s.pending_in(&owner).await, "pending"),
+        vec![
+            ("c@x.example".to_string(), stanza("c@x.example", 1)),
+            ("a@x.example".to_string(), stanza("a@x.example", 1)),
+            ("ü@ÿ.example".to_string(), stanza("ü@ÿ.example", 1)),
+        ],
+        "pending_in in arrival order",
+    );
+
+    // A repeated request replaces the old one and becomes the latest arrival.
+    ok(
+        s.add_pending_in(&owner, "c@x.example", &stanza("c@x.example", 2))
+            .await,
+        "re-add c",
+    );
+    same(
+        ok(s.pending_in(&owner).await, "pending"),
+        vec![
+            ("a@x.example".to_string(), stanza("a@x.example", 1)),
+            ("ü@ÿ.example".to_string(), stanza("ü@ÿ.example", 1)),
+            ("c@x.example".to_string(), stanza("c@x.example", 2)),
+        ],
+        "repeated request replaces and moves to the end",
+    );
+
+    same(
+        ok(s.remove_pending_in(&owner, "a@x.example").await, "remove a"),
+        true,
+        "remove existing pending",
+    );
+    same(
+        ok(
+            s.remove_pending_in(&owner, "a@x.example").await,
+            "remove a again",
+        ),
+        false,
+        "remove pending twice",
+    );
+    same(
+        ok(s.pending_in(&owner).await, "pending").len(),
+        2,
+        "pending after removal",
+    );
+    same(
+        ok(s.pending_in(&other).await, "pending other"),
+        vec![("a@x.example".to_string(), stanza("a@x.example", 9))],
+        "another owner's pending untouched",
+    );
+}
+
+async fn offline(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("offline-owner");
+    let other = cx.jid("offline-other");
+
+    same(
+        ok(s.count_offline(&owner).await, "count"),
+        0,
+        "no offline messages",
+    );
+    same(
+        ok(s.offline_messages(&owner).await, "list"),
+        vec![],
+        "no offline messages listed",
+    );
+    same(
+        ok(s.delete_offline(&owner, i64::MAX).await, "delete"),
+        0,
+        "delete with nothing stored",
+    );
+
+    let mut want = Vec::new();
+    for i in 0..3i64 {
+        let stanza =
+            format!("<message to='{owner}' id='m{i}'><body>hello {i} — ☃</body></message>");
+        let stamp = 1_700_000_000_000_000 + i;
+        let id = ok(
+            s.store_offline(&owner, &stanza, stamp, 3).await,
+            "store under quota",
+        );
+        if let Some(prev) = want.last().map(|m: &OfflineMessage| m.id) {
+            assert!(
+                id > prev,
+                "[store_offline] ids must increase: {prev} then {id}"
+            );
+        }
+        want.push(OfflineMessage {
+            id,
+            stanza,
+            stamp_micros: stamp,
+        });
+    }
+    same(
+        ok(s.count_offline(&owner).await, "count"),
+        3,
+        "count after 3 stores",
+    );
+    same(
+        ok(s.offline_messages(&owner).await, "list"),
+        want.clone(),
+        "offline messages in arrival order",
+    );
+
+    // Quota boundary: the owner has 3; quota 3 refuses, quota 4 admits exactly one more.
+    match s.store_offline(&owner, "<message/>", 0, 3).await {
+        Err(StorageError::QuotaExceeded) => {}
+        other => panic!(
+            "[quota at boundary] expected QuotaExceeded with 3 stored and quota 3, got {other:?}"
+        ),
+    }
+    match s.store_offline(&owner, "<message/>", 0, 0).await {
+        Err(StorageError::QuotaExceeded) => {}
+        other => panic!("[quota 0] expected QuotaExceeded, got {other:?}"),
+    }
+    same(
+        ok(s.count_offline(&owner).await, "count"),
+        3,
+        "refused store leaves count",
+    );
+    let id4 = ok(
+        s.store_offline(&owner, "<message id='m3'/>", -5, 4).await,
+        "store with room for one",
+    );
+    want.push(OfflineMessage {
+        id: id4,
+        stanza: "<message id='m3'/>".into(),
+        stamp_micros: -5,
+    });
+    match s.store_offline(&owner, "<message/>", 0, 4).await {
+        Err(StorageError::QuotaExceeded) => {}
+        other => panic!("[quota reached] expected QuotaExceeded, got {other:?}"),
+    }
+    // Another owner has its own quota.
+    let other_id = ok(
+        s.store_offline(&other, "<message id='o'/>", 1, 1).await,
+        "other owner quota",
+    );
+
+    // Partial delete by id.
+    same(
+        ok(
+            s.delete_offline(&owner, want[1].id).await,
+            "delete up to 2nd",
+        ),
+        2,
+        "delete_offline up to an id counts",
+    );
+    same(
+        ok(s.offline_messages(&owner).await, "list"),
+        want[2..].to_vec(),
+        "remaining after partial delete",
+    );
+    same(
+        ok(s.delete_offline(&owner, want[1].id).await, "delete again"),
+        0,
+        "deleting the same range twice",
+    );
+    same(
+        ok(s.count_offline(&other).await, "count other"),
+        1,
+        "other owner's messages untouched by delete",
+    );
+
+    // After deletes there is room again, and ids are never reused.
+    let big = format!(
+        "<message><body>{}</body></message>",
+        "ä😀x".repeat(256 * 1024 / 7 + 1)
+    );
+    assert!(big.len() >= 256 * 1024, "test stanza too small");
+    let id5 = ok(
+        s.store_offline(&owner, &big, i64::MAX, 4).await,
+        "store large after delete",
+    );
+    assert!(
+        id5 > id4,
+        "[store_offline] id {id5} must exceed every earlier id ({id4})"
+    );
+    assert!(id5 != other_id, "[store_offline] id reused across owners");
+    let listed = ok(s.offline_messages(&owner).await, "list");
+    same(listed.len(), 3, "count after refill");
+    let last = listed.last().unwrap();
+    assert!(
+        last.stanza == big,
+        "[large stanza] 256 KiB stanza did not round-trip (got {} bytes)",
+        last.stanza.len()
+    );
+    same(last.stamp_micros, i64::MAX, "extreme stamp round trip");
+
+    same(
+        ok(s.delete_offline(&owner, i64::MAX).await, "delete all"),
+        3,
+        "delete everything",
+    );
+    same(
+        ok(s.count_offline(&owner).await, "count"),
+        0,
+        "count after delete all",
+    );
+    // The quota accounting recovers completely after deletes.
+    for i in 0..4 {
+        ok(
+            s.store_offline(&owner, &format!("<message id='r{i}'/>"), i, 4)
+                .await,
+            "refill to quota",
+        );
+    }
+    match s.store_offline(&owner, "<message/>", 0, 4).await {
+        Err(StorageError::QuotaExceeded) => {}
+        other => panic!("[quota after refill] expected QuotaExceeded, got {other:?}"),
+    }
+    same(
+        ok(s.count_offline(&other).await, "count other"),
+        1,
+        "other owner untouched",
+    );
+}
+
+async fn offline_concurrency(cx: &Cx) {
+    let owner = cx.jid("offline-concurrent");
+    const QUOTA: usize = 10;
+    const TRIES: usize = 24;
+    let mut tasks = Vec::new();
+    for i in 0..TRIES {
+        let store = cx.store.clone();
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .store_offline(&owner, &format!("<message id='c{i}'/>"), i as i64, QUOTA)
+                .await
+        }));
+    }
+    let (mut stored, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task panicked") {
+            Ok(_) => stored += 1,
+            Err(StorageError::QuotaExceeded) => refused += 1,
+            Err(e) => panic!("[concurrent store_offline] unexpected error: {e}"),
+        }
+    }
+    same(
+        (stored, refused),
+        (QUOTA, TRIES - QUOTA),
+        "concurrent stores respect the quota exactly",
+    );
+    same(
+        ok(cx.store.count_offline(&owner).await, "count"),
+        QUOTA as u64,
+        "count after concurrent stores",
+    );
+    let ids: Vec<i64> = ok(cx.store.offline_messages(&owner).await, "list")
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "[concurrent store_offline] ids not strictly increasing: {ids:?}"
+    );
+}
+
+async fn private(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("private-owner");
+    let other = cx.jid("private-other");
+    let vcard = "vcard-temp";
+    let key2 = "jabber:iq:private storage:bookmarks";
+
+    same(
+        ok(s.get_private(&owner, vcard).await, "get"),
+        None,
+        "missing private value",
+    );
+    same(
+        ok(s.delete_private(&owner, vcard).await, "delete"),
+        false,
+        "delete missing private value",
+    );
+    ok(
+        s.set_private(
+            &owner,
+            vcard,
+            "<vCard xmlns='vcard-temp'><FN>Ålice</FN></vCard>",
+        )
+        .await,
+        "set",
+    );
+    same(
+        ok(s.get_private(&owner, vcard).await, "get"),
+        Some("<vCard xmlns='vcard-temp'><FN>Ålice</FN></vCard>".to_string()),
+        "private round trip",
+    );
+    ok(
+        s.set_private(&owner, vcard, "<vCard xmlns='vcard-temp'/>")
+            .await,
+        "overwrite",
+    );
+    same(
+        ok(s.get_private(&owner, vcard).await, "get"),
+        Some("<vCard xmlns='vcard-temp'/>".to_string()),
+        "set_private overwrites",
+    );
+    let big = "<storage xmlns='storage:bookmarks'>".to_string()
+        + &"<conference jid='r@m' name='Ü'/>".repeat(8000)
+        + "</storage>";
+    ok(s.set_private(&owner, key2, &big).await, "set big");
+    same(
+        ok(s.get_private(&owner, key2).await, "get big").map(|v| v == big),
+        Some(true),
+        "large private value round trip",
+    );
+    ok(s.set_private(&owner, "", "").await, "empty key and value");
+    same(
+        ok(s.get_private(&owner, "").await, "get empty"),
+        Some(String::new()),
+        "empty value is not absent",
+    );
+    same(
+        ok(s.get_private(&other, vcard).await, "other"),
+        None,
+        "private data is per owner",
+    );
+    ok(s.set_private(&other, vcard, "<other/>").await, "set other");
+    same(
+        ok(s.delete_private(&owner, vcard).await, "delete"),
+        true,
+        "delete existing private value",
+    );
+    same(
+        ok(s.get_private(&owner, vcard).await, "get"),
+        None,
+        "deleted private value is gone",
+    );
+    same(
+        ok(s.get_private(&owner, key2).await, "get key2").is_some(),
+        true,
+        "other keys survive a delete",
+    );
+    same(
+        ok(s.get_private(&other, vcard).await, "other"),
+        Some("<other/>".to_string()),
+        "other owner's value survives",
+    );
+}
+
+async fn blocking(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("block-owner");
+    let other = cx.jid("block-other");
+
+    same(
+        ok(s.blocklist(&owner).await, "list"),
+        vec![],
+        "empty blocklist",
+    );
+    ok(s.block(&owner, &[]).await, "block nothing");
+    ok(s.unblock(&owner, &[]).await, "unblock nothing");
+    ok(s.unblock_all(&owner).await, "unblock_all on empty");
+
+    ok(
+        s.block(
+            &owner,
+            &strings(&["romeo@m.example", "b@x", "romeo@m.example", "日本@x"]),
+        )
+        .await,
+        "block with duplicate",
+    );
+    let mut want = strings(&["romeo@m.example", "b@x", "日本@x"]);
+    want.sort();
+    same(
+        ok(s.blocklist(&owner).await, "list"),
+        want.clone(),
+        "blocklist sorted, duplicates collapsed",
+    );
+    ok(
+        s.block(&owner, &strings(&["b@x", "domain.example"])).await,
+        "block again (idempotent)",
+    );
+    want.push("domain.example".into());
+    want.sort();
+    same(
+        ok(s.blocklist(&owner).await, "list"),
+        want.clone(),
+        "block is idempotent",
+    );
+
+    ok(s.block(&other, &strings(&["b@x"])).await, "other block");
+    ok(
+        s.unblock(&owner, &strings(&["b@x", "never@blocked"])).await,
+        "unblock some",
+    );
+    want.retain(|j| j != "b@x");
+    same(
+        ok(s.blocklist(&owner).await, "list"),
+        want,
+        "unblock removes only listed jids",
+    );
+    same(
+        ok(s.blocklist(&other).await, "other"),
+        strings(&["b@x"]),
+        "other owner's blocklist untouched by unblock",
+    );
+
+    // Bulk: more jids than fit in one statement's parameters on any backend.
+    let many: Vec<String> = (0..1500)
+        .map(|i| format!("spam{i:04}@spam.example"))
+        .collect();
+    ok(s.block(&owner, &many).await, "block many");
+    same(
+        ok(s.blocklist(&owner).await, "list").len(),
+        1500 + 3,
+        "bulk block",
+    );
+    ok(s.unblock(&owner, &many[..1200]).await, "unblock many");
+    same(
+        ok(s.blocklist(&owner).await, "list").len(),
+        300 + 3,
+        "bulk unblock",
+    );
+
+    ok(s.unblock_all(&owner).await, "unblock_all");
+    same(
+        ok(s.blocklist(&owner).await, "list"),
+        vec![],
+        "unblock_all empties",
+    );
+    same(
+        ok(s.blocklist(&other).await, "other"),
+        strings(&["b@x"]),
+        "other owner's blocklist untouched by unblock_all",
+    );
+}
+
+async fn last_activity(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("last-owner");
+    let other = cx.jid("last-other");
+    same(
+        ok(s.last_activity(&owner).await, "get"),
+        None,
+        "no last activity",
+    );
+    ok(
+        s.set_last_activity(&owner, 1_700_000_000, "Gone fishing 🎣")
+            .await,
+        "set",
+    );
+    same(
+        ok(s.last_activity(&owner).await, "get"),
+        Some((1_700_000_000, "Gone fishing 🎣".to_string())),
+        "last activity round trip",
+    );
+    ok(
+        s.set_last_activity(&owner, 1_700_000_100, "").await,
+        "overwrite",
+    );
+    same(
+        ok(s.last_activity(&owner).await, "get"),
+        Some((1_700_000_100, String::new())),
+        "last activity overwritten",
+    );
+    ok(
+        s.set_last_activity(&other, -1, "before the epoch").await,
+        "set other",
+    );
+    same(
+        ok(s.last_activity(&owner).await, "get"),
+        Some((1_700_000_100, String::new())),
+        "last activity per owner",
+    );
+    same(
+        ok(s.last_activity(&other).await, "get other"),
+        Some((-1, "before the epoch".to_string())),
+        "negative stamp round trip",
+    );
+}
+
+/// Fills every table for `user`, from the point of view of `user`.
+async fn populate(cx: &Cx, user: &str) {
+    let s = &*cx.store;
+    let d = cx.domain.as_str();
+    let owner = cx.jid(user);
+    ok(
+        s.create_account(d, user, &[cred("SCRAM-SHA-256", 5)]).await,
+        "populate account",
+    );
+    ok(
+        s.put_roster_item(
+            &owner,
+            &item("friend@f.example", Some("F"), Subscription::Both, &["G"]),
+        )
+        .await,
+        "populate roster",
+    );
+    ok(
+        s.add_pending_in(&owner, "asker@f.example", "<presence type='subscribe'/>")
+            .await,
+        "populate pending",
+    );
+    ok(
+        s.store_offline(&owner, "<message/>", 1, 10).await,
+        "populate offline",
+    );
+    ok(
+        s.set_private(&owner, "vcard-temp", "<vCard/>").await,
+        "populate private",
+    );
+    ok(
+        s.block(&owner, &strings(&["spam@s.example"])).await,
+        "populate block",
+    );
+    ok(
+        s.set_last_activity(&owner, 42, "bye").await,
+        "populate last",
+    );
+}
+
+async fn assert_populated(cx: &Cx, user: &str, present: bool) {
+    let s = &*cx.store;
+    let d = cx.domain.as_str();
+    let owner = cx.jid(user);
+    let what = if present { "kept" } else { "deleted" };
+    let check = |table: &str| format!("delete_account: {table} of {user} {what}");
+    same(
+        ok(s.account_exists(d, user).await, "exists"),
+        present,
+        &check("account"),
+    );
+    same(
+        ok(s.credentials(d, user).await, "creds").is_some(),
+        present,
+        &check("credentials"),
+    );
+    same(
+        ok(s.roster(&owner).await, "roster").1.is_empty(),
+        !present,
+        &check("roster items"),
+    );
+    same(
+        ok(s.roster_version(&owner).await, "ver") > 0,
+        present,
+        &check("roster version"),
+    );
+    same(
+        ok(s.pending_in(&owner).await, "pending").is_empty(),
+        !present,
+        &check("pending subscriptions"),
+    );
+    same(
+        ok(s.count_offline(&owner).await, "offline"),
+        u64::from(present),
+        &check("offline messages"),
+    );
+    same(
+        ok(s.get_private(&owner, "vcard-temp").await, "private").is_some(),
+        present,
+        &check("private data"),
+    );
+    same(
+        ok(s.blocklist(&owner).await, "block").is_empty(),
+        !present,
+        &check("blocklist"),
+    );
+    same(
+        ok(s.last_activity(&owner).await, "last").is_some(),
+        present,
+        &check("last activity"),
+    );
+}
+
+async fn delete_account_cascade(cx: &Cx) {
+    let s = &*cx.store;
+    let d = cx.domain.as_str();
+    // "victim" is a prefix of the bystander's name, to catch prefix/LIKE matching.
+    populate(cx, "victim").await;
+    populate(cx, "victim2").await;
+    // The bystander has the victim in its roster and blocklist; that must survive.
+    let bystander = cx.jid("victim2");
+    let victim = cx.jid("victim");
+    ok(
+        s.put_roster_item(&bystander, &item(&victim, None, Subscription::Both, &[]))
+            .await,
+        "bystander roster",
+    );
+    ok(
+        s.add_pending_in(&bystander, &victim, "<presence type='subscribe'/>")
+            .await,
+        "bystander pending",
+    );
+    assert_populated(cx, "victim", true).await;
+
+    same(
+        ok(s.delete_account(d, "victim").await, "delete victim"),
+        true,
+        "delete_account of populated account",
+    );
+    assert_populated(cx, "victim", false).await;
+    assert_populated(cx, "victim2", true).await;
+    same(
+        ok(s.roster_item(&bystander, &victim).await, "bystander item").is_some(),
+        true,
+        "delete_account leaves other owners' rosters naming the deleted user",
+    );
+    same(
+        ok(s.pending_in(&bystander).await, "bystander pending").len(),
+        2,
+        "delete_account leaves other owners' pending requests",
+    );
+
+    // The name can be reused and starts from nothing.
+    ok(s.create_account(d, "victim", &[]).await, "recreate victim");
+    same(
+        ok(s.roster(&victim).await, "roster"),
+        (0, vec![]),
+        "recreated account starts with an empty roster",
+    );
+    same(
+        ok(s.count_offline(&victim).await, "offline"),
+        0,
+        "recreated account has no offline messages",
+    );
+    ok(
+        s.store_offline(&victim, "<message/>", 1, 1).await,
+        "recreated account has a fresh quota",
+    );
+}

@@ -1,0 +1,232 @@
+//! The `herald` command: `serve`, account administration and config checking.
+//! Thin on purpose: parse arguments, load config, call into herald-server.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use herald_server::accounts::{self, user_jid};
+use herald_server::{Config, Settings};
+
+#[derive(Parser)]
+#[command(name = "herald", version, about = "Herald XMPP instant messaging and presence server")]
+struct Cli {
+    /// TOML configuration file (default: built-in defaults for domain `localhost`).
+    #[arg(long, short, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Manage accounts (works whether or not the server is running).
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account.
+    Add {
+        jid: String,
+        /// The password (visible in the process list: prefer --password-stdin).
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete an account and everything it owns.
+    Del { jid: String },
+    /// Change an account's password (asks for it, or --password / --password-stdin).
+    Passwd {
+        jid: String,
+        #[arg(long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List the accounts of a domain.
+    List { domain: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration and print a summary.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Config::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herald: config error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(settings).await,
+            Command::User(cmd) => user(settings, cmd).await,
+            Command::Config(ConfigCmd::Check) => {
+                check(&settings);
+                Ok(())
+            }
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(s: &Settings) {
+    println!("configuration OK");
+    println!("  domains:        {}", s.domains.join(", "));
+    println!("  storage:        {}", redact(&s.storage_url));
+    let list = |v: &[std::net::SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    println!("  c2s (STARTTLS): {}", list(&s.c2s));
+    println!("  c2s direct TLS: {}", list(&s.c2s_direct_tls));
+    println!("  http:           {}", list(&s.http));
+    println!("  components:     {}", list(&s.component));
+    match (&s.raw.tls.cert, &s.raw.tls.key) {
+        (Some(c), Some(_)) => println!("  tls:            {}", c.display()),
+        _ => println!("  tls:            self-signed in {}", s.raw.server.data_dir.display()),
+    }
+}
+
+/// Hides a password in a database URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+async fn open_store(s: &Settings) -> Result<std::sync::Arc<dyn herald_storage::Storage>, String> {
+    herald_storage::open(&s.storage_url)
+        .await
+        .map_err(|e| format!("storage {}: {e}", redact(&s.storage_url)))
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    init_logging(&settings.raw.log.level);
+    let store = open_store(&settings).await?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let grace = Duration::from_secs(settings.raw.server.shutdown_grace_secs + 2);
+    let running = herald_server::start(settings, store, rx).await.map_err(|e| e.to_string())?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = tx.send(true);
+    if tokio::time::timeout(grace, running.wait()).await.is_err() {
+        tracing::warn!("some connections did not close in time");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let int = tokio::signal::ctrl_c();
+    match term.as_mut() {
+        Some(t) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = int => {}
+            }
+        }
+        None => {
+            let _ = int.await;
+        }
+    }
+}
+
+fn read_password(given: Option<String>, stdin: bool) -> Result<String, String> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    if stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read password: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let p = rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read password: {e} (use --password-stdin)"))?;
+    let again = rpassword::prompt_password("Again: ").map_err(|e| format!("cannot read password: {e}"))?;
+    if p != again {
+        return Err("passwords do not match".into());
+    }
+    Ok(p)
+}
+
+async fn user(settings: Settings, cmd: UserCmd) -> Result<(), String> {
+    let iterations = settings.raw.auth.scram_iterations;
+    let domains = settings.domains.clone();
+    let err = |e: accounts::AccountError| e.to_string();
+    match cmd {
+        UserCmd::Add { jid, password, password_stdin } => {
+            let jid = user_jid(&jid, &domains).map_err(err)?;
+            let pw = read_password(password, password_stdin)?;
+            let store = open_store(&settings).await?;
+            accounts::add(store.as_ref(), &jid, &pw, iterations).await.map_err(err)?;
+            println!("created {jid}");
+        }
+        UserCmd::Del { jid } => {
+            let jid = user_jid(&jid, &domains).map_err(err)?;
+            let store = open_store(&settings).await?;
+            accounts::delete(store.as_ref(), &jid).await.map_err(err)?;
+            println!("deleted {jid}");
+        }
+        UserCmd::Passwd { jid, password, password_stdin } => {
+            let jid = user_jid(&jid, &domains).map_err(err)?;
+            let pw = read_password(password, password_stdin)?;
+            let store = open_store(&settings).await?;
+            accounts::set_password(store.as_ref(), &jid, &pw, iterations).await.map_err(err)?;
+            println!("password changed for {jid}");
+        }
+        UserCmd::List { domain } => {
+            let d = herald_core::Jid::parse(&domain).map_err(|_| format!("{domain:?} is not a domain"))?;
+            if !domains.iter().any(|x| x == d.domain()) {
+                return Err(format!("{} is not served by this server (server.domains)", d.domain()));
+            }
+            let store = open_store(&settings).await?;
+            for u in store.list_accounts(d.domain()).await.map_err(|e| e.to_string())? {
+                println!("{u}@{}", d.domain());
+            }
+        }
+    }
+    Ok(())
+}
