@@ -121,7 +121,8 @@ impl StreamErrorCondition {
 
     /// `<stream:error><condition xmlns='...streams'/><text>..</text></stream:error>`.
     pub fn to_element(self, text: Option<&str>) -> Element {
-        let mut e = Element::new("error", ns::STREAM).with_child(Element::new(self.as_str(), ns::STREAMS));
+        let mut e =
+            Element::new("error", ns::STREAM).with_child(Element::new(self.as_str(), ns::STREAMS));
         if let Some(t) = text {
             e.push(
                 Element::new("text", ns::STREAMS)
@@ -145,7 +146,12 @@ pub struct StanzaError {
 
 impl StanzaError {
     pub fn new(condition: StanzaErrorCondition) -> StanzaError {
-        StanzaError { condition, kind: condition.default_type(), text: None, app: None }
+        StanzaError {
+            condition,
+            kind: condition.default_type(),
+            text: None,
+            app: None,
+        }
     }
 
     pub fn with_type(mut self, kind: ErrorType) -> StanzaError {

@@ -69,25 +69,44 @@ pub fn user_jid(raw: &str, domains: &[String]) -> Result<Jid, AccountError> {
     Ok(j)
 }
 
-pub async fn add(store: &dyn Storage, jid: &Jid, password: &str, iterations: u32) -> Result<(), AccountError> {
+pub async fn add(
+    store: &dyn Storage,
+    jid: &Jid,
+    password: &str,
+    iterations: u32,
+) -> Result<(), AccountError> {
     let creds = derive_all(password, iterations)?;
-    match store.create_account(jid.domain(), jid.node().unwrap_or(""), &creds).await {
+    match store
+        .create_account(jid.domain(), jid.node().unwrap_or(""), &creds)
+        .await
+    {
         Err(StorageError::AlreadyExists) => Err(AccountError::Exists(jid.to_string())),
         r => Ok(r?),
     }
 }
 
 pub async fn delete(store: &dyn Storage, jid: &Jid) -> Result<(), AccountError> {
-    if store.delete_account(jid.domain(), jid.node().unwrap_or("")).await? {
+    if store
+        .delete_account(jid.domain(), jid.node().unwrap_or(""))
+        .await?
+    {
         Ok(())
     } else {
         Err(AccountError::NotFound(jid.to_string()))
     }
 }
 
-pub async fn set_password(store: &dyn Storage, jid: &Jid, password: &str, iterations: u32) -> Result<(), AccountError> {
+pub async fn set_password(
+    store: &dyn Storage,
+    jid: &Jid,
+    password: &str,
+    iterations: u32,
+) -> Result<(), AccountError> {
     let creds = derive_all(password, iterations)?;
-    if store.set_credentials(jid.domain(), jid.node().unwrap_or(""), &creds).await? {
+    if store
+        .set_credentials(jid.domain(), jid.node().unwrap_or(""), &creds)
+        .await?
+    {
         Ok(())
     } else {
         Err(AccountError::NotFound(jid.to_string()))

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use herald_core::sasl::{self, ScramCredential, ScramHash, ScramServer};
-use herald_core::{ns, Jid, StanzaError, StanzaErrorCondition as Cond, StreamErrorCondition as SErr};
+use herald_core::{
+    ns, Jid, StanzaError, StanzaErrorCondition as Cond, StreamErrorCondition as SErr,
+};
 use herald_xml::{Element, StreamEvent, StreamHeader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -74,7 +76,15 @@ async fn open_stream(server: &Server, conn: &mut Conn) -> Result<String, StreamE
     let header = loop {
         match conn.next_event().await {
             Ok(StreamEvent::Open(h)) => break h,
-            Ok(_) => return Err(header_error(server, conn, SErr::NotWellFormed, "expected a stream header", None)),
+            Ok(_) => {
+                return Err(header_error(
+                    server,
+                    conn,
+                    SErr::NotWellFormed,
+                    "expected a stream header",
+                    None,
+                ))
+            }
             Err(StreamEnd::Error(c, t)) => {
                 let text = t.unwrap_or_default();
                 return Err(header_error(server, conn, c, &text, None));
@@ -84,22 +94,64 @@ async fn open_stream(server: &Server, conn: &mut Conn) -> Result<String, StreamE
     };
     let to = header_attr(&header, "to");
     let domain = match to.as_deref().map(Jid::parse) {
-        Some(Ok(j)) if j.node().is_none() && j.resource().is_none() && server.serves(j.domain()) => {
+        Some(Ok(j))
+            if j.node().is_none() && j.resource().is_none() && server.serves(j.domain()) =>
+        {
             j.domain().to_string()
         }
-        Some(_) => return Err(header_error(server, conn, SErr::HostUnknown, "this server does not serve that domain", None)),
-        None => return Err(header_error(server, conn, SErr::HostUnknown, "the stream header needs a 'to' address", None)),
+        Some(_) => {
+            return Err(header_error(
+                server,
+                conn,
+                SErr::HostUnknown,
+                "this server does not serve that domain",
+                None,
+            ))
+        }
+        None => {
+            return Err(header_error(
+                server,
+                conn,
+                SErr::HostUnknown,
+                "the stream header needs a 'to' address",
+                None,
+            ))
+        }
     };
     if header.name != "stream" || header.ns != ns::STREAM {
-        return Err(header_error(server, conn, SErr::InvalidNamespace, "not an XMPP stream", Some(&domain)));
+        return Err(header_error(
+            server,
+            conn,
+            SErr::InvalidNamespace,
+            "not an XMPP stream",
+            Some(&domain),
+        ));
     }
     if header.default_ns.as_deref() != Some(ns::CLIENT) {
-        return Err(header_error(server, conn, SErr::InvalidNamespace, "expected xmlns='jabber:client'", Some(&domain)));
+        return Err(header_error(
+            server,
+            conn,
+            SErr::InvalidNamespace,
+            "expected xmlns='jabber:client'",
+            Some(&domain),
+        ));
     }
     match header_attr(&header, "version").as_deref() {
         Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()) == Some(1) => {}
-        Some(v) if v.split('.').next().and_then(|m| m.parse::<u32>().ok()).unwrap_or(0) > 1 => {
-            return Err(header_error(server, conn, SErr::UnsupportedVersion, "only XMPP 1.0 is supported", Some(&domain)))
+        Some(v)
+            if v.split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok())
+                .unwrap_or(0)
+                > 1 =>
+        {
+            return Err(header_error(
+                server,
+                conn,
+                SErr::UnsupportedVersion,
+                "only XMPP 1.0 is supported",
+                Some(&domain),
+            ))
         }
         _ => {
             return Err(header_error(
@@ -117,10 +169,19 @@ async fn open_stream(server: &Server, conn: &mut Conn) -> Result<String, StreamE
 }
 
 fn header_attr(h: &StreamHeader, name: &str) -> Option<String> {
-    h.attrs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    h.attrs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
-fn header_error(server: &Server, conn: &mut Conn, cond: SErr, text: &str, domain: Option<&str>) -> StreamEnd {
+fn header_error(
+    server: &Server,
+    conn: &mut Conn,
+    cond: SErr,
+    text: &str,
+    domain: Option<&str>,
+) -> StreamEnd {
     let from = domain.unwrap_or(&server.settings.domains[0]).to_string();
     conn.queue_header(&from, &stream::random_id(), None);
     stream_error(cond, text)
@@ -130,7 +191,11 @@ fn features() -> Element {
     Element::new("features", ns::STREAM)
 }
 
-async fn negotiate(server: &Arc<Server>, conn: &mut Conn, direct_tls: bool) -> Result<Bound, StreamEnd> {
+async fn negotiate(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    direct_tls: bool,
+) -> Result<Bound, StreamEnd> {
     if direct_tls {
         conn.upgrade_tls(server).await?;
     }
@@ -164,7 +229,11 @@ async fn negotiate(server: &Arc<Server>, conn: &mut Conn, direct_tls: bool) -> R
             return bind_stage(server, conn, jid).await;
         }
         let text = if el.is("auth", ns::SASL) {
-            conn.send(&sasl_failure("encryption-required", Some("use STARTTLS first"))).await?;
+            conn.send(&sasl_failure(
+                "encryption-required",
+                Some("use STARTTLS first"),
+            ))
+            .await?;
             "encryption required"
         } else {
             "STARTTLS is required first"
@@ -207,16 +276,25 @@ fn channel_binding_types(conn: &Conn) -> Option<Element> {
     }
     let mut e = Element::new("sasl-channel-binding", "urn:xmpp:sasl-cb:0");
     if conn.binding.tls_exporter.is_some() {
-        e.push(Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-exporter"));
+        e.push(
+            Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-exporter"),
+        );
     }
-    e.push(Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-server-end-point"));
+    e.push(
+        Element::new("channel-binding", "urn:xmpp:sasl-cb:0")
+            .with_attr("type", "tls-server-end-point"),
+    );
     Some(e)
 }
 
 fn sasl_failure(cond: &str, text: Option<&str>) -> Element {
     let mut f = Element::new("failure", ns::SASL).with_child(Element::new(cond, ns::SASL));
     if let Some(t) = text {
-        f.push(Element::new("text", ns::SASL).with_attr("xml:lang", "en").with_text(t));
+        f.push(
+            Element::new("text", ns::SASL)
+                .with_attr("xml:lang", "en")
+                .with_text(t),
+        );
     }
     f
 }
@@ -227,11 +305,17 @@ fn decode_b64(el: &Element) -> Result<Vec<u8>, sasl::SaslError> {
     if t.is_empty() || t == "=" {
         return Ok(Vec::new());
     }
-    B64.decode(t).map_err(|_| sasl::SaslError::MalformedRequest("invalid base64"))
+    B64.decode(t)
+        .map_err(|_| sasl::SaslError::MalformedRequest("invalid base64"))
 }
 
 /// Runs SASL until success; failures are reported and retried up to a limit.
-async fn authenticate(server: &Arc<Server>, conn: &mut Conn, domain: &str, first: Option<Element>) -> Result<Jid, StreamEnd> {
+async fn authenticate(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    domain: &str,
+    first: Option<Element>,
+) -> Result<Jid, StreamEnd> {
     let mut pending = first;
     let mut attempts = 0;
     loop {
@@ -258,12 +342,18 @@ async fn authenticate(server: &Arc<Server>, conn: &mut Conn, domain: &str, first
             Err((err, account)) => {
                 tracing::info!(peer = %conn.peer, account = account.as_deref().unwrap_or(""), reason = err.condition(), "c2s authentication failed");
                 let (cond, text) = match &err {
-                    AuthFail::Throttled => ("temporary-auth-failure", Some("too many failed attempts; try again later")),
+                    AuthFail::Throttled => (
+                        "temporary-auth-failure",
+                        Some("too many failed attempts; try again later"),
+                    ),
                     AuthFail::Sasl(e) => (e.condition(), None),
                 };
                 conn.send(&sasl_failure(cond, text)).await?;
                 if attempts >= MAX_SASL_ATTEMPTS {
-                    return Err(stream_error(SErr::PolicyViolation, "too many failed authentication attempts"));
+                    return Err(stream_error(
+                        SErr::PolicyViolation,
+                        "too many failed authentication attempts",
+                    ));
                 }
             }
         }
@@ -294,7 +384,12 @@ impl From<sasl::SaslError> for AuthFail {
 type Exchange = Result<(Jid, Option<Vec<u8>>), (AuthFail, Option<String>)>;
 
 /// One SASL exchange. Outer error: the stream broke; inner: authentication failed.
-async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth: &Element) -> Result<Exchange, StreamEnd> {
+async fn sasl_exchange(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    domain: &str,
+    auth: &Element,
+) -> Result<Exchange, StreamEnd> {
     let ip = conn.peer.ip();
     let mech = auth.attr("mechanism").unwrap_or("");
     let initial = match decode_b64(auth) {
@@ -306,7 +401,11 @@ async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth
     }
     if mech == "PLAIN" {
         if !conn.secure || !server.settings.raw.auth.allow_plain {
-            let e = if conn.secure { sasl::SaslError::InvalidMechanism } else { sasl::SaslError::EncryptionRequired };
+            let e = if conn.secure {
+                sasl::SaslError::InvalidMechanism
+            } else {
+                sasl::SaslError::EncryptionRequired
+            };
             return Ok(Err((e.into(), None)));
         }
         let (authzid, authcid, password) = match sasl::parse_plain(&initial) {
@@ -329,7 +428,9 @@ async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth
         let creds = load_creds(server, &jid).await;
         let ok = match creds.into_iter().next() {
             // PBKDF2 is deliberately slow: keep it off the async workers.
-            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&password)).await.unwrap_or(false),
+            Some(c) => tokio::task::spawn_blocking(move || c.verify_password(&password))
+                .await
+                .unwrap_or(false),
             None => false,
         };
         return Ok(auth_result(server, ip, jid, ok));
@@ -349,7 +450,10 @@ async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth
         Ok(j) => Some(j),
         Err(_) => None,
     };
-    let account = jid.as_ref().map(|j| j.bare_str().to_string()).unwrap_or_else(|| first.username.clone());
+    let account = jid
+        .as_ref()
+        .map(|j| j.bare_str().to_string())
+        .unwrap_or_else(|| first.username.clone());
     if server.throttle.is_throttled(ip, Some(&account)) {
         return Ok(Err((AuthFail::Throttled, Some(account))));
     }
@@ -359,17 +463,24 @@ async fn sasl_exchange(server: &Arc<Server>, conn: &mut Conn, domain: &str, auth
         }
     }
     let cred = match &jid {
-        Some(j) => load_creds(server, j).await.into_iter().find(|c| c.hash == hash),
+        Some(j) => load_creds(server, j)
+            .await
+            .into_iter()
+            .find(|c| c.hash == hash),
         None => None,
     };
     let challenge = scram.server_first(cred.as_ref());
-    conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(&challenge))).await?;
+    conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(&challenge)))
+        .await?;
     let resp = conn.next_stanza().await?;
     if resp.is("abort", ns::SASL) {
         return Ok(Err((sasl::SaslError::Aborted.into(), Some(account))));
     }
     if !resp.is("response", ns::SASL) {
-        return Err(stream_error(SErr::NotAuthorized, "expected a SASL response"));
+        return Err(stream_error(
+            SErr::NotAuthorized,
+            "expected a SASL response",
+        ));
     }
     let data = match decode_b64(&resp) {
         Ok(d) => d,
@@ -404,7 +515,10 @@ fn auth_result(server: &Server, ip: std::net::IpAddr, jid: Jid, ok: bool) -> Exc
 async fn load_creds(server: &Server, jid: &Jid) -> Vec<ScramCredential> {
     let node = jid.node().unwrap_or("");
     match server.storage.credentials(jid.domain(), node).await {
-        Ok(Some(list)) => list.iter().filter_map(crate::accounts::from_stored).collect(),
+        Ok(Some(list)) => list
+            .iter()
+            .filter_map(crate::accounts::from_stored)
+            .collect(),
         Ok(None) => Vec::new(),
         Err(e) => {
             tracing::error!(error = %e, "credential lookup failed");
@@ -424,21 +538,39 @@ async fn bind_stage(server: &Arc<Server>, conn: &mut Conn, jid: Jid) -> Result<B
     conn.flush().await?;
     loop {
         let el = conn.next_stanza().await?;
-        let Some(bind) = el.child("bind", ns::BIND).filter(|_| el.name == "iq" && el.attr("type") == Some("set")) else {
+        let Some(bind) = el
+            .child("bind", ns::BIND)
+            .filter(|_| el.name == "iq" && el.attr("type") == Some("set"))
+        else {
             if el.name == "iq" && el.attr("type").is_some_and(|t| t == "get" || t == "set") {
-                conn.send(&StanzaError::new(Cond::NotAuthorized).with_text("bind a resource first").reply_to(&el)).await?;
+                conn.send(
+                    &StanzaError::new(Cond::NotAuthorized)
+                        .with_text("bind a resource first")
+                        .reply_to(&el),
+                )
+                .await?;
                 continue;
             }
             return Err(stream_error(SErr::NotAuthorized, "bind a resource first"));
         };
-        let requested = bind.child("resource", ns::BIND).map(|r| r.text()).filter(|r| !r.trim().is_empty());
+        let requested = bind
+            .child("resource", ns::BIND)
+            .map(|r| r.text())
+            .filter(|r| !r.trim().is_empty());
         let full = match requested.as_deref().map(|r| jid.with_resource(r)) {
             Some(Ok(j)) => j,
             Some(Err(_)) => {
-                conn.send(&StanzaError::new(Cond::BadRequest).with_text("invalid resource").reply_to(&el)).await?;
+                conn.send(
+                    &StanzaError::new(Cond::BadRequest)
+                        .with_text("invalid resource")
+                        .reply_to(&el),
+                )
+                .await?;
                 continue;
             }
-            None => jid.with_resource(&stream::random_id()).expect("generated resource is valid"),
+            None => jid
+                .with_resource(&stream::random_id())
+                .expect("generated resource is valid"),
         };
         let (tx, rx) = mpsc::channel(server.settings.raw.c2s.outbox_capacity);
         let handle = SessionHandle::new(server.registry.next_id(), full.clone(), tx);
@@ -449,10 +581,17 @@ async fn bind_stage(server: &Arc<Server>, conn: &mut Conn, jid: Jid) -> Result<B
         if let Some(id) = el.attr("id") {
             reply.set_attr("id", id);
         }
-        reply.push(Element::new("bind", ns::BIND).with_child(Element::new("jid", ns::BIND).with_text(full.to_string())));
+        reply.push(
+            Element::new("bind", ns::BIND)
+                .with_child(Element::new("jid", ns::BIND).with_text(full.to_string())),
+        );
         conn.send(&reply).await?;
         tracing::info!(peer = %conn.peer, jid = %full, "c2s session bound");
-        return Ok(Bound { jid: full, handle, rx });
+        return Ok(Bound {
+            jid: full,
+            handle,
+            rx,
+        });
     }
 }
 
@@ -465,8 +604,16 @@ pub struct Session {
 }
 
 async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
-    let Bound { jid, handle, mut rx } = bound;
-    let mut session = Session { jid: jid.clone(), handle, directed: Vec::new() };
+    let Bound {
+        jid,
+        handle,
+        mut rx,
+    } = bound;
+    let mut session = Session {
+        jid: jid.clone(),
+        handle,
+        directed: Vec::new(),
+    };
     let mut shutdown = server.shutdown.clone();
     let end = loop {
         // Drain everything already parsed before reading more.
@@ -478,7 +625,9 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
                 continue;
             }
             Ok(Some(StreamEvent::Close)) => break StreamEnd::Closed,
-            Ok(Some(StreamEvent::Open(_))) => break stream_error(SErr::BadFormat, "unexpected stream header"),
+            Ok(Some(StreamEvent::Open(_))) => {
+                break stream_error(SErr::BadFormat, "unexpected stream header")
+            }
             Ok(None) => {}
             Err(e) => break e,
         }
@@ -525,14 +674,27 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
 }
 
 /// Validates addressing of a stanza from the client and hands it to the right module.
-async fn handle_client_stanza(server: &Arc<Server>, conn: &mut Conn, session: &mut Session, mut el: Element) -> Result<(), StreamEnd> {
+async fn handle_client_stanza(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    session: &mut Session,
+    mut el: Element,
+) -> Result<(), StreamEnd> {
     if el.ns != ns::CLIENT || !matches!(el.name.as_str(), "message" | "presence" | "iq") {
-        return Err(stream_error(SErr::UnsupportedStanzaType, "only message, presence and iq"));
+        return Err(stream_error(
+            SErr::UnsupportedStanzaType,
+            "only message, presence and iq",
+        ));
     }
     if let Some(from) = el.attr("from") {
-        let ok = Jid::parse(from).map(|f| f == session.jid || f == session.jid.bare()).unwrap_or(false);
+        let ok = Jid::parse(from)
+            .map(|f| f == session.jid || f == session.jid.bare())
+            .unwrap_or(false);
         if !ok {
-            return Err(stream_error(SErr::InvalidFrom, "'from' does not match this session"));
+            return Err(stream_error(
+                SErr::InvalidFrom,
+                "'from' does not match this session",
+            ));
         }
     }
     el.set_attr("from", session.jid.as_str());
@@ -552,7 +714,12 @@ async fn handle_client_stanza(server: &Arc<Server>, conn: &mut Conn, session: &m
     match el.name.as_str() {
         "iq" => {
             // Legacy session establishment (RFC 3921 §3), still sent by old clients.
-            if el.attr("type") == Some("set") && el.child("session", ns::SESSION).is_some() && to.as_ref().is_none_or(|t| t.is_bare() && t.node().is_none()) {
+            if el.attr("type") == Some("set")
+                && el.child("session", ns::SESSION).is_some()
+                && to
+                    .as_ref()
+                    .is_none_or(|t| t.is_bare() && t.node().is_none())
+            {
                 conn.queue(&ext::iq_result(&el, None));
                 return Ok(());
             }
@@ -568,5 +735,9 @@ async fn handle_client_stanza(server: &Arc<Server>, conn: &mut Conn, session: &m
 
 /// Marks the session as interested in roster pushes.
 pub fn set_interested(session: &Session) {
-    session.handle.shared.interested.store(true, Ordering::Release);
+    session
+        .handle
+        .shared
+        .interested
+        .store(true, Ordering::Release);
 }

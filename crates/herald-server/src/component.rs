@@ -43,7 +43,15 @@ impl ComponentTable {
     pub fn new(configured: &[(String, String)]) -> ComponentTable {
         let entries = configured
             .iter()
-            .map(|(d, s)| (d.clone(), ComponentEntry { secret: s.clone(), tx: RwLock::new(None) }))
+            .map(|(d, s)| {
+                (
+                    d.clone(),
+                    ComponentEntry {
+                        secret: s.clone(),
+                        tx: RwLock::new(None),
+                    },
+                )
+            })
             .collect();
         ComponentTable { entries }
     }
@@ -76,9 +84,19 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let domain = match tokio::time::timeout(timeout, handshake(&server, &mut conn)).await {
         Ok(Ok(d)) => d,
         Ok(Err(end)) => return end_stream(&mut conn, end, "").await,
-        Err(_) => return end_stream(&mut conn, stream_error(SErr::ConnectionTimeout, "handshake took too long"), "").await,
+        Err(_) => {
+            return end_stream(
+                &mut conn,
+                stream_error(SErr::ConnectionTimeout, "handshake took too long"),
+                "",
+            )
+            .await
+        }
     };
-    let entry = server.components.get(&domain).expect("handshake checked the domain");
+    let entry = server
+        .components
+        .get(&domain)
+        .expect("handshake checked the domain");
     let (tx, mut rx) = mpsc::channel(server.settings.raw.c2s.outbox_capacity * 4);
     let attached = {
         let mut slot = entry.tx.write().unwrap_or_else(|p| p.into_inner());
@@ -89,7 +107,12 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
         !busy
     };
     if !attached {
-        return end_stream(&mut conn, stream_error(SErr::Conflict, "component already connected"), &domain).await;
+        return end_stream(
+            &mut conn,
+            stream_error(SErr::Conflict, "component already connected"),
+            &domain,
+        )
+        .await;
     }
     tracing::info!(%peer, component = %domain, "component connected");
     let mut shutdown = server.shutdown.clone();
@@ -104,7 +127,9 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
                 continue;
             }
             Ok(Some(StreamEvent::Close)) => break StreamEnd::Closed,
-            Ok(Some(StreamEvent::Open(_))) => break stream_error(SErr::BadFormat, "unexpected stream header"),
+            Ok(Some(StreamEvent::Open(_))) => {
+                break stream_error(SErr::BadFormat, "unexpected stream header")
+            }
             Ok(None) => {}
             Err(e) => break e,
         }
@@ -124,7 +149,12 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     *entry.tx.write().unwrap_or_else(|p| p.into_inner()) = None;
     rx.close();
     while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
-        crate::router::bounce(&server, el, herald_core::StanzaErrorCondition::ServiceUnavailable.into()).await;
+        crate::router::bounce(
+            &server,
+            el,
+            herald_core::StanzaErrorCondition::ServiceUnavailable.into(),
+        )
+        .await;
     }
     end_stream(&mut conn, end, &domain).await;
 }
@@ -132,8 +162,14 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
 fn check_from(el: &Element, domain: &str) -> Result<(), StreamEnd> {
     match el.attr("from").map(Jid::parse) {
         Some(Ok(j)) if j.domain() == domain => Ok(()),
-        Some(_) => Err(stream_error(SErr::InvalidFrom, "'from' must be in the component's domain")),
-        None => Err(stream_error(SErr::ImproperAddressing, "stanzas from a component need 'from'")),
+        Some(_) => Err(stream_error(
+            SErr::InvalidFrom,
+            "'from' must be in the component's domain",
+        )),
+        None => Err(stream_error(
+            SErr::ImproperAddressing,
+            "stanzas from a component need 'from'",
+        )),
     }
 }
 
@@ -147,7 +183,9 @@ async fn end_stream(conn: &mut Conn, end: StreamEnd, domain: &str) {
             tracing::info!(peer = %conn.peer, component = domain, "component disconnected");
             conn.close().await
         }
-        StreamEnd::Io(e) => tracing::info!(peer = %conn.peer, component = domain, error = %e, "component connection lost"),
+        StreamEnd::Io(e) => {
+            tracing::info!(peer = %conn.peer, component = domain, error = %e, "component connection lost")
+        }
     }
 }
 
@@ -155,17 +193,43 @@ async fn end_stream(conn: &mut Conn, end: StreamEnd, domain: &str) {
 async fn handshake(server: &Server, conn: &mut Conn) -> Result<String, StreamEnd> {
     let header = match conn.next_event().await? {
         StreamEvent::Open(h) => h,
-        _ => return Err(stream_error(SErr::NotWellFormed, "expected a stream header")),
+        _ => {
+            return Err(stream_error(
+                SErr::NotWellFormed,
+                "expected a stream header",
+            ))
+        }
     };
     let id = stream::random_id();
-    let to = header.attrs.iter().find(|(k, _)| k == "to").map(|(_, v)| v.clone()).unwrap_or_default();
-    let domain = Jid::parse(&to).map(|j| j.domain().to_string()).unwrap_or_default();
-    conn.queue_header(if domain.is_empty() { "unknown" } else { &domain }, &id, None);
+    let to = header
+        .attrs
+        .iter()
+        .find(|(k, _)| k == "to")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let domain = Jid::parse(&to)
+        .map(|j| j.domain().to_string())
+        .unwrap_or_default();
+    conn.queue_header(
+        if domain.is_empty() {
+            "unknown"
+        } else {
+            &domain
+        },
+        &id,
+        None,
+    );
     if header.ns != ns::STREAM || header.default_ns.as_deref() != Some(ns::COMPONENT) {
-        return Err(stream_error(SErr::InvalidNamespace, "expected jabber:component:accept"));
+        return Err(stream_error(
+            SErr::InvalidNamespace,
+            "expected jabber:component:accept",
+        ));
     }
     let Some(entry) = server.components.get(&domain) else {
-        return Err(stream_error(SErr::HostUnknown, "no such component configured"));
+        return Err(stream_error(
+            SErr::HostUnknown,
+            "no such component configured",
+        ));
     };
     conn.flush().await?;
     let el = conn.next_stanza().await?;
@@ -175,7 +239,11 @@ async fn handshake(server: &Server, conn: &mut Conn) -> Result<String, StreamEnd
     let expected = hex(&Sha1::digest(format!("{id}{}", entry.secret).as_bytes()));
     let given = el.text().trim().to_ascii_lowercase();
     let same = given.len() == expected.len()
-        && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same {
         return Err(stream_error(SErr::NotAuthorized, "wrong secret"));
     }

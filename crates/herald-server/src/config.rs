@@ -16,7 +16,11 @@ pub enum ConfigError {
     #[error("{file}: {reason}")]
     Parse { file: String, reason: String },
     #[error("{file}: [{key}]: {reason}")]
-    Invalid { file: String, key: String, reason: String },
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -179,7 +183,12 @@ impl Default for C2sSection {
 
 impl Default for AuthSection {
     fn default() -> Self {
-        AuthSection { scram_iterations: 4096, max_failures: 5, failure_window_secs: 60, allow_plain: true }
+        AuthSection {
+            scram_iterations: 4096,
+            max_failures: 5,
+            failure_window_secs: 60,
+            allow_plain: true,
+        }
     }
 }
 
@@ -191,7 +200,9 @@ impl Default for OfflineSection {
 
 impl Default for LogSection {
     fn default() -> Self {
-        LogSection { level: "info".into() }
+        LogSection {
+            level: "info".into(),
+        }
     }
 }
 
@@ -215,8 +226,10 @@ impl Config {
             None => Config::default().validate("<defaults>"),
             Some(p) => {
                 let file = p.display().to_string();
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| ConfigError::Read { file: file.clone(), reason: e.to_string() })?;
+                let text = std::fs::read_to_string(p).map_err(|e| ConfigError::Read {
+                    file: file.clone(),
+                    reason: e.to_string(),
+                })?;
                 Config::parse(&text, &file)?.validate(&file)
             }
         }
@@ -233,7 +246,10 @@ impl Config {
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();
-            ConfigError::Parse { file: file.to_string(), reason: format!("{loc}{msg}") }
+            ConfigError::Parse {
+                file: file.to_string(),
+                reason: format!("{loc}{msg}"),
+            }
         })
     }
 
@@ -244,14 +260,22 @@ impl Config {
             reason,
         };
         if self.server.domains.is_empty() {
-            return Err(bad("server.domains", "at least one domain is required".into()));
+            return Err(bad(
+                "server.domains",
+                "at least one domain is required".into(),
+            ));
         }
         let mut domains = Vec::new();
         for d in &self.server.domains {
             let jid = Jid::parse(d)
                 .ok()
                 .filter(|j| j.node().is_none() && j.resource().is_none())
-                .ok_or_else(|| bad("server.domains", format!("{d:?} is not a valid domain name")))?;
+                .ok_or_else(|| {
+                    bad(
+                        "server.domains",
+                        format!("{d:?} is not a valid domain name"),
+                    )
+                })?;
             let norm = jid.domain().to_string();
             if domains.contains(&norm) {
                 return Err(bad("server.domains", format!("{d:?} is listed twice")));
@@ -262,7 +286,10 @@ impl Config {
             list.iter()
                 .map(|a| {
                     a.parse::<SocketAddr>().map_err(|_| {
-                        bad(key, format!("{a:?} is not an IP:port address (e.g. \"127.0.0.1:5222\")"))
+                        bad(
+                            key,
+                            format!("{a:?} is not an IP:port address (e.g. \"127.0.0.1:5222\")"),
+                        )
                     })
                 })
                 .collect()
@@ -272,18 +299,30 @@ impl Config {
         let http = addrs("listen.http", &self.listen.http)?;
         let component = addrs("listen.component", &self.listen.component)?;
         let mut seen = std::collections::HashSet::new();
-        for a in c2s.iter().chain(&c2s_direct_tls).chain(&http).chain(&component) {
+        for a in c2s
+            .iter()
+            .chain(&c2s_direct_tls)
+            .chain(&http)
+            .chain(&component)
+        {
             if a.port() != 0 && !seen.insert(*a) {
                 return Err(bad("listen", format!("{a} is used by two listeners")));
             }
         }
         match (&self.tls.cert, &self.tls.key) {
-            (Some(_), None) => return Err(bad("tls.key", "tls.cert is set but tls.key is not".into())),
-            (None, Some(_)) => return Err(bad("tls.cert", "tls.key is set but tls.cert is not".into())),
+            (Some(_), None) => {
+                return Err(bad("tls.key", "tls.cert is set but tls.key is not".into()))
+            }
+            (None, Some(_)) => {
+                return Err(bad("tls.cert", "tls.key is set but tls.cert is not".into()))
+            }
             (Some(c), Some(k)) => {
                 for (key, p) in [("tls.cert", c), ("tls.key", k)] {
                     if !p.is_file() {
-                        return Err(bad(key, format!("{} does not exist or is not a file", p.display())));
+                        return Err(bad(
+                            key,
+                            format!("{} does not exist or is not a file", p.display()),
+                        ));
                     }
                 }
             }
@@ -292,25 +331,39 @@ impl Config {
         if self.auth.scram_iterations < 4096 {
             return Err(bad(
                 "auth.scram_iterations",
-                format!("{} is below the minimum of 4096 (RFC 7677)", self.auth.scram_iterations),
+                format!(
+                    "{} is below the minimum of 4096 (RFC 7677)",
+                    self.auth.scram_iterations
+                ),
             ));
         }
         if self.auth.scram_iterations > 10_000_000 {
-            return Err(bad("auth.scram_iterations", "more than 10000000 would stall logins".into()));
+            return Err(bad(
+                "auth.scram_iterations",
+                "more than 10000000 would stall logins".into(),
+            ));
         }
         if self.c2s.max_stanza_bytes < 10_000 {
-            return Err(bad("c2s.max_stanza_bytes", "must be at least 10000 (RFC 6120 §13.12)".into()));
+            return Err(bad(
+                "c2s.max_stanza_bytes",
+                "must be at least 10000 (RFC 6120 §13.12)".into(),
+            ));
         }
         if !(8..=1024).contains(&self.c2s.max_depth) {
             return Err(bad("c2s.max_depth", "must be between 8 and 1024".into()));
         }
         if !(8..=4096).contains(&self.c2s.max_attributes) {
-            return Err(bad("c2s.max_attributes", "must be between 8 and 4096".into()));
+            return Err(bad(
+                "c2s.max_attributes",
+                "must be between 8 and 4096".into(),
+            ));
         }
         if self.c2s.outbox_capacity == 0 {
             return Err(bad("c2s.outbox_capacity", "must be at least 1".into()));
         }
-        if self.c2s.max_bytes_per_sec == 0 || self.c2s.burst_bytes < self.c2s.max_stanza_bytes as u64 {
+        if self.c2s.max_bytes_per_sec == 0
+            || self.c2s.burst_bytes < self.c2s.max_stanza_bytes as u64
+        {
             return Err(bad(
                 "c2s.burst_bytes",
                 "must be at least c2s.max_stanza_bytes, and max_bytes_per_sec above 0".into(),
@@ -318,9 +371,14 @@ impl Config {
         }
         let storage_url = match &self.storage.url {
             Some(u) => {
-                if !(u.starts_with("sqlite:") || u.starts_with("postgres://") || u.starts_with("postgresql://"))
+                if !(u.starts_with("sqlite:")
+                    || u.starts_with("postgres://")
+                    || u.starts_with("postgresql://"))
                 {
-                    return Err(bad("storage.url", format!("{u:?}: expected sqlite://PATH or postgres://...")));
+                    return Err(bad(
+                        "storage.url",
+                        format!("{u:?}: expected sqlite://PATH or postgres://..."),
+                    ));
                 }
                 u.clone()
             }
@@ -340,9 +398,17 @@ impl Config {
             let d = Jid::parse(&c.domain)
                 .ok()
                 .filter(|j| j.node().is_none() && j.resource().is_none())
-                .ok_or_else(|| bad(&key, format!("domain {:?} is not a valid domain name", c.domain)))?;
+                .ok_or_else(|| {
+                    bad(
+                        &key,
+                        format!("domain {:?} is not a valid domain name", c.domain),
+                    )
+                })?;
             if domains.iter().any(|x| x == d.domain()) {
-                return Err(bad(&key, format!("{} is already a user domain", d.domain())));
+                return Err(bad(
+                    &key,
+                    format!("{} is already a user domain", d.domain()),
+                ));
             }
             if c.secret.len() < 8 {
                 return Err(bad(&key, "secret must be at least 8 characters".into()));
@@ -410,22 +476,38 @@ http = ["127.0.0.1:5280"]
     #[test]
     fn errors_name_file_and_key() {
         let e = check("[server]\ndomains = []\n").unwrap_err().to_string();
-        assert_eq!(e, "t.toml: [server.domains]: at least one domain is required");
-        let e = check("[listen]\nc2s = [\"nope\"]\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "t.toml: [server.domains]: at least one domain is required"
+        );
+        let e = check("[listen]\nc2s = [\"nope\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[listen.c2s]") && e.contains("nope"), "{e}");
-        let e = check("[auth]\nscram_iterations = 100\n").unwrap_err().to_string();
+        let e = check("[auth]\nscram_iterations = 100\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[auth.scram_iterations]"), "{e}");
         let e = check("[server]\nbogus = 1\n").unwrap_err().to_string();
-        assert!(e.starts_with("t.toml: line 2") && e.contains("bogus"), "{e}");
-        let e = check("[tls]\ncert = \"/nonexistent.pem\"\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with("t.toml: line 2") && e.contains("bogus"),
+            "{e}"
+        );
+        let e = check("[tls]\ncert = \"/nonexistent.pem\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[tls.key]"), "{e}");
-        let e = check("[storage]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
+        let e = check("[storage]\nurl = \"mysql://x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("[storage.url]"), "{e}");
         let e = check("[listen]\nc2s=[\"127.0.0.1:5000\"]\nhttp=[\"127.0.0.1:5000\"]\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("used by two listeners"), "{e}");
-        let e = check("[server]\ndomains = [\"a b\"]\n").unwrap_err().to_string();
+        let e = check("[server]\ndomains = [\"a b\"]\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a valid domain"), "{e}");
     }
 }

@@ -53,7 +53,11 @@ impl Server {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot listen on {addr} ({what}): {reason}")]
-    Bind { addr: SocketAddr, what: &'static str, reason: String },
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
 }
@@ -84,15 +88,27 @@ impl Running {
 async fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<TcpListener>, RunError> {
     let mut out = Vec::new();
     for &addr in addrs {
-        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .map_err(|e| RunError::Bind { addr, what, reason: e.to_string() })?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(|e| RunError::Bind {
+            addr,
+            what,
+            reason: e.to_string(),
+        })?;
         let _ = socket.set_reuseaddr(true);
-        socket
-            .bind(addr)
-            .map_err(|e| RunError::Bind { addr, what, reason: describe_bind(&e) })?;
-        let l = socket
-            .listen(4096)
-            .map_err(|e| RunError::Bind { addr, what, reason: describe_bind(&e) })?;
+        socket.bind(addr).map_err(|e| RunError::Bind {
+            addr,
+            what,
+            reason: describe_bind(&e),
+        })?;
+        let l = socket.listen(4096).map_err(|e| RunError::Bind {
+            addr,
+            what,
+            reason: describe_bind(&e),
+        })?;
         out.push(l);
     }
     Ok(out)
@@ -100,8 +116,12 @@ async fn bind_all(addrs: &[SocketAddr], what: &'static str) -> Result<Vec<TcpLis
 
 fn describe_bind(e: &std::io::Error) -> String {
     match e.kind() {
-        std::io::ErrorKind::AddrInUse => "address already in use (is another server running?)".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied (ports below 1024 need privileges)".into(),
+        std::io::ErrorKind::AddrInUse => {
+            "address already in use (is another server running?)".into()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need privileges)".into()
+        }
         std::io::ErrorKind::AddrNotAvailable => "address not available on this machine".into(),
         _ => e.to_string(),
     }
@@ -119,8 +139,17 @@ pub async fn start(
     let direct = bind_all(&settings.c2s_direct_tls, "c2s_direct_tls").await?;
     let http = bind_all(&settings.http, "http").await?;
     let comp = bind_all(&settings.component, "component").await?;
-    let addr = |ls: &[TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
-    let bound = Bound { c2s: addr(&c2s), c2s_direct_tls: addr(&direct), http: addr(&http), component: addr(&comp) };
+    let addr = |ls: &[TcpListener]| {
+        ls.iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect::<Vec<_>>()
+    };
+    let bound = Bound {
+        c2s: addr(&c2s),
+        c2s_direct_tls: addr(&direct),
+        http: addr(&http),
+        component: addr(&comp),
+    };
 
     let throttle = throttle::AuthThrottle::new(
         settings.raw.auth.max_failures,
@@ -160,7 +189,11 @@ pub async fn start(
         storage = server.storage.backend_name(),
         "herald started"
     );
-    Ok(Running { bound, server, tasks })
+    Ok(Running {
+        bound,
+        server,
+        tasks,
+    })
 }
 
 #[derive(Clone, Copy)]

@@ -56,7 +56,12 @@ async fn deliver(server: &Arc<Server>, el: Element, to: &Jid) {
     }
     if let Some(c) = server.components.get(to.domain()) {
         if let Err(el) = c.send(el, server.outbox_timeout()).await {
-            bounce(server, el, StanzaError::new(Cond::ServiceUnavailable).with_text("component not connected")).await;
+            bounce(
+                server,
+                el,
+                StanzaError::new(Cond::ServiceUnavailable).with_text("component not connected"),
+            )
+            .await;
         }
         return;
     }
@@ -69,7 +74,9 @@ async fn to_server(server: &Arc<Server>, el: Element, to: &Jid) {
     match el.name.as_str() {
         "iq" => {
             if matches!(el.attr("type"), Some("get" | "set")) {
-                let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else { return };
+                let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+                    return;
+                };
                 let reply = ext::server_iq(server, &from, &el, to).await;
                 route(server, reply).await;
             }
@@ -129,7 +136,9 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
             return;
         }
         match kind.as_str() {
-            "groupchat" => return bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await,
+            "groupchat" => {
+                return bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await
+            }
             "headline" | "error" => return,
             _ => {}
         }
@@ -144,7 +153,10 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
         "error" => return,
         _ => {}
     }
-    let targets: Vec<_> = sessions.into_iter().filter(|s| s.available() && s.priority() >= 0).collect();
+    let targets: Vec<_> = sessions
+        .into_iter()
+        .filter(|s| s.available() && s.priority() >= 0)
+        .collect();
     if targets.is_empty() {
         if kind == "headline" {
             return;
@@ -156,7 +168,11 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
     let mut delivered = false;
     let mut returned = None;
     for (i, s) in targets.iter().enumerate() {
-        let copy = if i == last { el.take().expect("last") } else { el.clone().expect("present") };
+        let copy = if i == last {
+            el.take().expect("last")
+        } else {
+            el.clone().expect("present")
+        };
         match s.send(copy, server.outbox_timeout()).await {
             Ok(()) => delivered = true,
             Err(u) => returned = Some(u.0),
@@ -202,7 +218,12 @@ pub async fn reroute_undelivered(server: &Arc<Server>, el: Element) {
 }
 
 /// A message from a bound client: outbound block check, then routing.
-pub async fn message_from_client(server: &Arc<Server>, session: &mut Session, mut el: Element, to: Option<Jid>) {
+pub async fn message_from_client(
+    server: &Arc<Server>,
+    session: &mut Session,
+    mut el: Element,
+    to: Option<Jid>,
+) {
     let to = match to {
         Some(t) => t,
         None => {
@@ -213,7 +234,8 @@ pub async fn message_from_client(server: &Arc<Server>, session: &mut Session, mu
         }
     };
     if blocking::blocks(server, session.jid.bare_str(), &to).await {
-        let err = StanzaError::new(Cond::NotAcceptable).with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
+        let err = StanzaError::new(Cond::NotAcceptable)
+            .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
         return bounce(server, el, err).await;
     }
     deliver(server, el, &to).await

@@ -50,7 +50,12 @@ pub struct Undeliverable(pub Element);
 
 impl SessionHandle {
     pub fn new(id: u64, jid: Jid, tx: mpsc::Sender<Outbound>) -> SessionHandle {
-        SessionHandle { id, jid, tx, shared: Arc::new(SessionShared::default()) }
+        SessionHandle {
+            id,
+            jid,
+            tx,
+            shared: Arc::new(SessionShared::default()),
+        }
     }
 
     pub fn available(&self) -> bool {
@@ -62,7 +67,11 @@ impl SessionHandle {
     }
 
     pub fn presence(&self) -> Option<Element> {
-        self.shared.presence.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.shared
+            .presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Queues a stanza. A full outbox makes the sender wait (backpressure) up to `timeout`;
@@ -77,7 +86,10 @@ impl SessionHandle {
                     Ok(Err(mpsc::error::SendError(Outbound::Stanza(s)))) => Err(Undeliverable(s)),
                     Err(_) => {
                         tracing::warn!(jid = %self.jid, "outbox full for too long; closing slow session");
-                        self.close(StreamErrorCondition::PolicyViolation, Some("too slow to read"));
+                        self.close(
+                            StreamErrorCondition::PolicyViolation,
+                            Some("too slow to read"),
+                        );
                         Err(Undeliverable(Element::new("dropped", "")))
                     }
                     Ok(Err(_)) => Err(Undeliverable(Element::new("dropped", ""))),
@@ -90,7 +102,9 @@ impl SessionHandle {
     /// Asks the session to end its stream. Never blocks: a session whose outbox is full gets
     /// its channel dropped by the registry instead, which ends it too.
     pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {
-        let _ = self.tx.try_send(Outbound::Close(cond, text.map(str::to_string)));
+        let _ = self
+            .tx
+            .try_send(Outbound::Close(cond, text.map(str::to_string)));
     }
 
     pub fn is_closed(&self) -> bool {
@@ -133,7 +147,10 @@ impl Registry {
     /// Binds a session; returns the session it replaced (same full JID), which the caller
     /// closes with `conflict` (RFC 6120 §7.7.2.2).
     pub fn bind(&self, handle: SessionHandle) -> Option<SessionHandle> {
-        let mut entry = self.users.entry(handle.jid.bare_str().to_string()).or_default();
+        let mut entry = self
+            .users
+            .entry(handle.jid.bare_str().to_string())
+            .or_default();
         let old = entry
             .sessions
             .iter()
@@ -170,7 +187,10 @@ impl Registry {
 
     /// All bound sessions of a bare JID (a cheap clone of a few handles; no lock is kept).
     pub fn sessions(&self, bare: &str) -> Vec<SessionHandle> {
-        self.users.get(bare).map(|e| e.sessions.clone()).unwrap_or_default()
+        self.users
+            .get(bare)
+            .map(|e| e.sessions.clone())
+            .unwrap_or_default()
     }
 
     pub fn session(&self, full: &Jid) -> Option<SessionHandle> {

@@ -36,7 +36,10 @@ impl From<std::io::Error> for StreamEnd {
 
 impl From<XmlError> for StreamEnd {
     fn from(e: XmlError) -> Self {
-        StreamEnd::Error(StreamErrorCondition::from_wire(e.stream_condition()), Some(e.to_string()))
+        StreamEnd::Error(
+            StreamErrorCondition::from_wire(e.stream_condition()),
+            Some(e.to_string()),
+        )
     }
 }
 
@@ -54,7 +57,12 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(rate: u64, burst: u64) -> RateLimit {
-        RateLimit { rate: rate as f64, burst: burst as f64, tokens: burst as f64, last: Instant::now() }
+        RateLimit {
+            rate: rate as f64,
+            burst: burst as f64,
+            tokens: burst as f64,
+            last: Instant::now(),
+        }
     }
 
     /// Takes `n` bytes; returns how long to pause reading to get back within the rate.
@@ -138,7 +146,10 @@ impl Conn {
         match self.next_event().await? {
             StreamEvent::Stanza(e) => Ok(e),
             StreamEvent::Close => Err(StreamEnd::Closed),
-            StreamEvent::Open(_) => Err(stream_error(StreamErrorCondition::BadFormat, "unexpected stream header")),
+            StreamEvent::Open(_) => Err(stream_error(
+                StreamErrorCondition::BadFormat,
+                "unexpected stream header",
+            )),
         }
     }
 
@@ -224,7 +235,8 @@ impl Conn {
         // RFC 9266: tls-exporter is only safe with TLS 1.3 (or 1.2 with extended master secret).
         let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
             let mut out = vec![0u8; 32];
-            match conn.export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", Some(&[])) {
+            match conn.export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", Some(&[]))
+            {
                 Ok(_) => Some(out),
                 Err(_) => None,
             }
@@ -243,7 +255,12 @@ impl Conn {
 }
 
 fn new_parser((max_stanza_bytes, max_depth, max_attrs): (usize, usize, usize)) -> StreamParser {
-    StreamParser::new(Limits { max_stanza_bytes, max_depth, max_attrs, ..Limits::default() })
+    StreamParser::new(Limits {
+        max_stanza_bytes,
+        max_depth,
+        max_attrs,
+        ..Limits::default()
+    })
 }
 
 /// Wraps the accepted TCP stream.

@@ -21,7 +21,12 @@ pub struct AuthThrottle {
 
 impl AuthThrottle {
     pub fn new(max: u32, window: Duration) -> AuthThrottle {
-        AuthThrottle { max, window, by_ip: DashMap::new(), by_account: DashMap::new() }
+        AuthThrottle {
+            max,
+            window,
+            by_ip: DashMap::new(),
+            by_account: DashMap::new(),
+        }
     }
 
     fn blocked<K: std::hash::Hash + Eq>(&self, map: &DashMap<K, Window>, key: &K) -> bool {
@@ -32,17 +37,26 @@ impl AuthThrottle {
 
     /// True when this IP or account has used up its failures in the current window.
     pub fn is_throttled(&self, ip: IpAddr, account: Option<&str>) -> bool {
-        self.blocked(&self.by_ip, &ip) || account.map(|a| self.blocked(&self.by_account, &a.to_string())).unwrap_or(false)
+        self.blocked(&self.by_ip, &ip)
+            || account
+                .map(|a| self.blocked(&self.by_account, &a.to_string()))
+                .unwrap_or(false)
     }
 
     pub fn failure(&self, ip: IpAddr, account: Option<&str>) {
         let bump = |w: &mut Window| {
             if w.start.elapsed() >= self.window {
-                *w = Window { start: Instant::now(), failures: 0 };
+                *w = Window {
+                    start: Instant::now(),
+                    failures: 0,
+                };
             }
             w.failures += 1;
         };
-        let fresh = || Window { start: Instant::now(), failures: 0 };
+        let fresh = || Window {
+            start: Instant::now(),
+            failures: 0,
+        };
         bump(&mut self.by_ip.entry(ip).or_insert_with(fresh));
         if let Some(a) = account {
             bump(&mut self.by_account.entry(a.to_string()).or_insert_with(fresh));
@@ -50,7 +64,8 @@ impl AuthThrottle {
         // Bound memory under a spray of addresses or names: drop expired windows.
         if self.by_ip.len() + self.by_account.len() > 100_000 {
             self.by_ip.retain(|_, w| w.start.elapsed() < self.window);
-            self.by_account.retain(|_, w| w.start.elapsed() < self.window);
+            self.by_account
+                .retain(|_, w| w.start.elapsed() < self.window);
         }
     }
 

@@ -38,16 +38,26 @@ impl TlsContext {
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_no_client_auth()
             .with_single_cert(certs, key)
-            .map_err(|e| TlsError::Setup(format!("certificate and key do not match or are unusable: {e}")))?;
+            .map_err(|e| {
+                TlsError::Setup(format!(
+                    "certificate and key do not match or are unusable: {e}"
+                ))
+            })?;
         // Each session's TLS state is part of the per-connection memory budget; tickets keep
         // resumption stateless on our side.
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
-        Ok(TlsContext { config: Arc::new(config), end_point })
+        Ok(TlsContext {
+            config: Arc::new(config),
+            end_point,
+        })
     }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let err = |reason: String| TlsError::File {
+        path: path.display().to_string(),
+        reason,
+    };
     let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut &data[..])
         .collect::<Result<_, _>>()
@@ -59,7 +69,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let err = |reason: String| TlsError::File { path: path.display().to_string(), reason };
+    let err = |reason: String| TlsError::File {
+        path: path.display().to_string(),
+        reason,
+    };
     let data = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     rustls_pemfile::private_key(&mut &data[..])
         .map_err(|e| err(format!("not a PEM key file: {e}")))?
@@ -83,14 +96,18 @@ fn self_signed(
     {
         return Ok((read_certs(&cert_path)?, read_key(&key_path)?));
     }
-    let dir_err = |e: std::io::Error| TlsError::File { path: data_dir.display().to_string(), reason: e.to_string() };
+    let dir_err = |e: std::io::Error| TlsError::File {
+        path: data_dir.display().to_string(),
+        reason: e.to_string(),
+    };
     std::fs::create_dir_all(data_dir).map_err(dir_err)?;
     let mut sans = Vec::new();
     for d in domains {
         sans.push(d.clone());
         sans.push(format!("*.{d}"));
     }
-    let ck = rcgen::generate_simple_self_signed(sans).map_err(|e| TlsError::Setup(e.to_string()))?;
+    let ck =
+        rcgen::generate_simple_self_signed(sans).map_err(|e| TlsError::Setup(e.to_string()))?;
     write_private(&key_path, ck.key_pair.serialize_pem().as_bytes()).map_err(dir_err)?;
     std::fs::write(&cert_path, ck.cert.pem()).map_err(dir_err)?;
     std::fs::write(&names_path, names).map_err(dir_err)?;

@@ -11,7 +11,11 @@ use herald_server::accounts::{self, user_jid};
 use herald_server::{Config, Settings};
 
 #[derive(Parser)]
-#[command(name = "herald", version, about = "Herald XMPP instant messaging and presence server")]
+#[command(
+    name = "herald",
+    version,
+    about = "Herald XMPP instant messaging and presence server"
+)]
 struct Cli {
     /// TOML configuration file (default: built-in defaults for domain `localhost`).
     #[arg(long, short, global = true, value_name = "FILE")]
@@ -73,7 +77,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the runtime: {e}");
@@ -104,14 +111,22 @@ fn check(s: &Settings) {
     println!("configuration OK");
     println!("  domains:        {}", s.domains.join(", "));
     println!("  storage:        {}", redact(&s.storage_url));
-    let list = |v: &[std::net::SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ");
+    let list = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!("  c2s (STARTTLS): {}", list(&s.c2s));
     println!("  c2s direct TLS: {}", list(&s.c2s_direct_tls));
     println!("  http:           {}", list(&s.http));
     println!("  components:     {}", list(&s.component));
     match (&s.raw.tls.cert, &s.raw.tls.key) {
         (Some(c), Some(_)) => println!("  tls:            {}", c.display()),
-        _ => println!("  tls:            self-signed in {}", s.raw.server.data_dir.display()),
+        _ => println!(
+            "  tls:            self-signed in {}",
+            s.raw.server.data_dir.display()
+        ),
     }
 }
 
@@ -133,7 +148,10 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 async fn open_store(s: &Settings) -> Result<std::sync::Arc<dyn herald_storage::Storage>, String> {
@@ -147,7 +165,9 @@ async fn serve(settings: Settings) -> Result<(), String> {
     let store = open_store(&settings).await?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(settings.raw.server.shutdown_grace_secs + 2);
-    let running = herald_server::start(settings, store, rx).await.map_err(|e| e.to_string())?;
+    let running = herald_server::start(settings, store, rx)
+        .await
+        .map_err(|e| e.to_string())?;
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = tx.send(true);
@@ -181,11 +201,16 @@ fn read_password(given: Option<String>, stdin: bool) -> Result<String, String> {
     }
     if stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).map_err(|e| format!("cannot read password: {e}"))?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read password: {e}"))?;
         return Ok(line.trim_end_matches(['\r', '\n']).to_string());
     }
-    let p = rpassword::prompt_password("Password: ").map_err(|e| format!("cannot read password: {e} (use --password-stdin)"))?;
-    let again = rpassword::prompt_password("Again: ").map_err(|e| format!("cannot read password: {e}"))?;
+    let p = rpassword::prompt_password("Password: ")
+        .map_err(|e| format!("cannot read password: {e} (use --password-stdin)"))?;
+    let again =
+        rpassword::prompt_password("Again: ").map_err(|e| format!("cannot read password: {e}"))?;
     if p != again {
         return Err("passwords do not match".into());
     }
@@ -197,11 +222,17 @@ async fn user(settings: Settings, cmd: UserCmd) -> Result<(), String> {
     let domains = settings.domains.clone();
     let err = |e: accounts::AccountError| e.to_string();
     match cmd {
-        UserCmd::Add { jid, password, password_stdin } => {
+        UserCmd::Add {
+            jid,
+            password,
+            password_stdin,
+        } => {
             let jid = user_jid(&jid, &domains).map_err(err)?;
             let pw = read_password(password, password_stdin)?;
             let store = open_store(&settings).await?;
-            accounts::add(store.as_ref(), &jid, &pw, iterations).await.map_err(err)?;
+            accounts::add(store.as_ref(), &jid, &pw, iterations)
+                .await
+                .map_err(err)?;
             println!("created {jid}");
         }
         UserCmd::Del { jid } => {
@@ -210,20 +241,34 @@ async fn user(settings: Settings, cmd: UserCmd) -> Result<(), String> {
             accounts::delete(store.as_ref(), &jid).await.map_err(err)?;
             println!("deleted {jid}");
         }
-        UserCmd::Passwd { jid, password, password_stdin } => {
+        UserCmd::Passwd {
+            jid,
+            password,
+            password_stdin,
+        } => {
             let jid = user_jid(&jid, &domains).map_err(err)?;
             let pw = read_password(password, password_stdin)?;
             let store = open_store(&settings).await?;
-            accounts::set_password(store.as_ref(), &jid, &pw, iterations).await.map_err(err)?;
+            accounts::set_password(store.as_ref(), &jid, &pw, iterations)
+                .await
+                .map_err(err)?;
             println!("password changed for {jid}");
         }
         UserCmd::List { domain } => {
-            let d = herald_core::Jid::parse(&domain).map_err(|_| format!("{domain:?} is not a domain"))?;
+            let d = herald_core::Jid::parse(&domain)
+                .map_err(|_| format!("{domain:?} is not a domain"))?;
             if !domains.iter().any(|x| x == d.domain()) {
-                return Err(format!("{} is not served by this server (server.domains)", d.domain()));
+                return Err(format!(
+                    "{} is not served by this server (server.domains)",
+                    d.domain()
+                ));
             }
             let store = open_store(&settings).await?;
-            for u in store.list_accounts(d.domain()).await.map_err(|e| e.to_string())? {
+            for u in store
+                .list_accounts(d.domain())
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 println!("{u}@{}", d.domain());
             }
         }

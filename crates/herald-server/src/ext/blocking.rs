@@ -53,7 +53,11 @@ pub async fn blocks(server: &Server, owner: &str, other: &Jid) -> bool {
             }
         };
         let hit = matches(&set, other);
-        cache.blocklist.write().unwrap_or_else(|p| p.into_inner()).get_or_insert(set);
+        cache
+            .blocklist
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(set);
         return hit;
     }
     match server.storage.blocklist(owner).await {
@@ -97,26 +101,45 @@ impl IqHandler for Blocking {
         let p = req.payload;
         match (req.set, p.name.as_str()) {
             (false, "blocklist") => {
-                let list = server.storage.blocklist(owner).await.map_err(storage_error)?;
+                let list = server
+                    .storage
+                    .blocklist(owner)
+                    .await
+                    .map_err(storage_error)?;
                 Ok(Some(with_items("blocklist", &list)))
             }
             (true, "block") => {
                 let items = items_of(p)?;
                 if items.is_empty() {
-                    return Err(StanzaError::new(Cond::BadRequest).with_text("block at least one JID"));
+                    return Err(
+                        StanzaError::new(Cond::BadRequest).with_text("block at least one JID")
+                    );
                 }
-                let current = server.storage.blocklist(owner).await.map_err(storage_error)?;
+                let current = server
+                    .storage
+                    .blocklist(owner)
+                    .await
+                    .map_err(storage_error)?;
                 if current.len() + items.len() > MAX_ITEMS {
-                    return Err(StanzaError::new(Cond::ResourceConstraint).with_text("block list is full"));
+                    return Err(
+                        StanzaError::new(Cond::ResourceConstraint).with_text("block list is full")
+                    );
                 }
-                server.storage.block(owner, &items).await.map_err(storage_error)?;
+                server
+                    .storage
+                    .block(owner, &items)
+                    .await
+                    .map_err(storage_error)?;
                 update_cache(server, owner, |s| s.extend(items.iter().cloned()));
                 // The newly blocked stop seeing us (§3.3).
                 for i in &items {
                     if let Ok(j) = Jid::parse(i) {
                         let sub = load_item(server, owner, j.bare_str()).await.ok().flatten();
-                        if sub.is_some_and(|it| matches!(it.subscription, Subscription::From | Subscription::Both)) {
-                            super::presence::send_unavailable_from_all(server, owner, j.as_str()).await;
+                        if sub.is_some_and(|it| {
+                            matches!(it.subscription, Subscription::From | Subscription::Both)
+                        }) {
+                            super::presence::send_unavailable_from_all(server, owner, j.as_str())
+                                .await;
                         }
                     }
                 }
@@ -126,10 +149,18 @@ impl IqHandler for Blocking {
             (true, "unblock") => {
                 let items = items_of(p)?;
                 if items.is_empty() {
-                    server.storage.unblock_all(owner).await.map_err(storage_error)?;
+                    server
+                        .storage
+                        .unblock_all(owner)
+                        .await
+                        .map_err(storage_error)?;
                     update_cache(server, owner, |s| s.clear());
                 } else {
-                    server.storage.unblock(owner, &items).await.map_err(storage_error)?;
+                    server
+                        .storage
+                        .unblock(owner, &items)
+                        .await
+                        .map_err(storage_error)?;
                     update_cache(server, owner, |s| {
                         for i in &items {
                             s.remove(i);
@@ -146,7 +177,12 @@ impl IqHandler for Blocking {
 
 fn update_cache(server: &Server, owner: &str, f: impl FnOnce(&mut HashSet<String>)) {
     if let Some(cache) = server.registry.cache(owner) {
-        if let Some(set) = cache.blocklist.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(set) = cache
+            .blocklist
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             f(set);
         }
     }

@@ -23,7 +23,9 @@ struct Info;
 struct Items;
 
 fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
-    let mut e = Element::new("identity", ns::DISCO_INFO).with_attr("category", category).with_attr("type", kind);
+    let mut e = Element::new("identity", ns::DISCO_INFO)
+        .with_attr("category", category)
+        .with_attr("type", kind);
     if let Some(n) = name {
         e.set_attr("name", n);
     }
@@ -52,7 +54,9 @@ impl IqHandler for Info {
                 }
             }
             Target::OwnAccount | Target::OtherAccount => {
-                if req.target == Target::OtherAccount && !account_exists(server, &req.to.bare()).await {
+                if req.target == Target::OtherAccount
+                    && !account_exists(server, &req.to.bare()).await
+                {
                     return Err(StanzaError::new(Cond::ServiceUnavailable));
                 }
                 q.push(identity("account", "registered", None));
@@ -79,7 +83,9 @@ impl IqHandler for Items {
             for d in server.components.domains() {
                 q.push(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", d));
             }
-        } else if req.target == Target::OtherAccount && !account_exists(server, &req.to.bare()).await {
+        } else if req.target == Target::OtherAccount
+            && !account_exists(server, &req.to.bare()).await
+        {
             return Err(StanzaError::new(Cond::ServiceUnavailable));
         }
         Ok(Some(q))

@@ -42,18 +42,35 @@ impl IqHandler for Last {
             if !account_exists(server, &owner).await {
                 return Err(StanzaError::new(Cond::ServiceUnavailable));
             }
-            let item = load_item(server, owner.as_str(), req.from.bare_str()).await.map_err(storage_error)?;
-            if !item.is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both)) {
+            let item = load_item(server, owner.as_str(), req.from.bare_str())
+                .await
+                .map_err(storage_error)?;
+            if !item
+                .is_some_and(|i| matches!(i.subscription, Subscription::From | Subscription::Both))
+            {
                 return Err(StanzaError::new(Cond::Forbidden));
             }
         }
-        if server.registry.sessions(owner.as_str()).iter().any(|s| s.available()) {
+        if server
+            .registry
+            .sessions(owner.as_str())
+            .iter()
+            .any(|s| s.available())
+        {
             return Ok(Some(answer(0, "")));
         }
-        match server.storage.last_activity(owner.as_str()).await.map_err(storage_error)? {
+        match server
+            .storage
+            .last_activity(owner.as_str())
+            .await
+            .map_err(storage_error)?
+        {
             Some((stamp, status)) => {
                 let now = super::now_micros() / 1_000_000;
-                Ok(Some(answer(now.saturating_sub(stamp).max(0) as u64, &status)))
+                Ok(Some(answer(
+                    now.saturating_sub(stamp).max(0) as u64,
+                    &status,
+                )))
             }
             None => Err(StanzaError::new(Cond::ItemNotFound)),
         }

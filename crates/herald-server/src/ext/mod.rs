@@ -121,15 +121,31 @@ fn payload_of(el: &Element) -> Result<&Element, StanzaError> {
     let mut it = el.elements();
     match (it.next(), it.next()) {
         (Some(p), None) => Ok(p),
-        _ => Err(StanzaError::new(Cond::BadRequest).with_text("an IQ request carries exactly one payload")),
+        _ => Err(StanzaError::new(Cond::BadRequest)
+            .with_text("an IQ request carries exactly one payload")),
     }
 }
 
-async fn run(server: &Arc<Server>, from: &Jid, el: &Element, to: &Jid, target: Target, session: Option<&Session>) -> Element {
+async fn run(
+    server: &Arc<Server>,
+    from: &Jid,
+    el: &Element,
+    to: &Jid,
+    target: Target,
+    session: Option<&Session>,
+) -> Element {
     let set = el.attr("type") == Some("set");
     let res = match payload_of(el) {
         Ok(payload) => {
-            let req = IqRequest { from, to, target, set, payload, stanza: el, session };
+            let req = IqRequest {
+                from,
+                to,
+                target,
+                set,
+                payload,
+                stanza: el,
+                session,
+            };
             server.iq.dispatch(server, &req).await
         }
         Err(e) => Err(e),
@@ -148,34 +164,70 @@ pub async fn server_iq(server: &Arc<Server>, from: &Jid, el: &Element, to: &Jid)
 /// An IQ request addressed to a local account's bare JID by someone else (or the account
 /// itself through the router).
 pub async fn account_iq(server: &Arc<Server>, from: &Jid, el: &Element, to: &Jid) -> Element {
-    let target = if from.bare() == to.bare() { Target::OwnAccount } else { Target::OtherAccount };
+    let target = if from.bare() == to.bare() {
+        Target::OwnAccount
+    } else {
+        Target::OtherAccount
+    };
     run(server, from, el, to, target, None).await
 }
 
 /// An IQ from a bound client. Returns the reply to write when the server answers it
 /// directly; routes it otherwise.
-pub async fn client_iq(server: &Arc<Server>, session: &mut Session, el: Element, to: Option<Jid>) -> Option<Element> {
+pub async fn client_iq(
+    server: &Arc<Server>,
+    session: &mut Session,
+    el: Element,
+    to: Option<Jid>,
+) -> Option<Element> {
     let kind = el.attr("type").unwrap_or("");
     let request = matches!(kind, "get" | "set");
     if !request && !matches!(kind, "result" | "error") {
-        return Some(StanzaError::new(Cond::BadRequest).with_text("invalid IQ type").reply_to(&el));
+        return Some(
+            StanzaError::new(Cond::BadRequest)
+                .with_text("invalid IQ type")
+                .reply_to(&el),
+        );
     }
     if el.attr("id").is_none() {
-        return (request).then(|| StanzaError::new(Cond::BadRequest).with_text("IQ needs an id").reply_to(&el));
+        return (request).then(|| {
+            StanzaError::new(Cond::BadRequest)
+                .with_text("IQ needs an id")
+                .reply_to(&el)
+        });
     }
     let own = session.jid.bare();
     match &to {
-        None if request => Some(run(server, &session.jid, &el, &own, Target::OwnAccount, Some(session)).await),
-        Some(t) if request && t.is_bare() && *t == own => {
-            Some(run(server, &session.jid, &el, t, Target::OwnAccount, Some(session)).await)
-        }
+        None if request => Some(
+            run(
+                server,
+                &session.jid,
+                &el,
+                &own,
+                Target::OwnAccount,
+                Some(session),
+            )
+            .await,
+        ),
+        Some(t) if request && t.is_bare() && *t == own => Some(
+            run(
+                server,
+                &session.jid,
+                &el,
+                t,
+                Target::OwnAccount,
+                Some(session),
+            )
+            .await,
+        ),
         Some(t) if request && t.is_bare() && t.node().is_none() && server.serves(t.domain()) => {
             Some(run(server, &session.jid, &el, t, Target::Server, Some(session)).await)
         }
         None => None,
         Some(t) => {
             if blocking::blocks(server, session.jid.bare_str(), t).await && request {
-                let err = StanzaError::new(Cond::NotAcceptable).with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
+                let err = StanzaError::new(Cond::NotAcceptable)
+                    .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
                 return Some(err.reply_to(&el));
             }
             crate::router::route(server, el).await;
@@ -186,7 +238,10 @@ pub async fn client_iq(server: &Arc<Server>, session: &mut Session, el: Element,
 
 /// Parses one stored stanza back into an element (offline messages, pending subscriptions).
 pub fn parse_fragment(xml: &str) -> Option<Element> {
-    let mut p = StreamParser::new(Limits { max_stanza_bytes: xml.len() + 64, ..Limits::default() });
+    let mut p = StreamParser::new(Limits {
+        max_stanza_bytes: xml.len() + 64,
+        ..Limits::default()
+    });
     p.feed(b"<s xmlns='jabber:client'>");
     p.feed(xml.as_bytes());
     p.feed(b"</s>");
@@ -209,7 +264,9 @@ pub fn to_stored(el: &Element) -> String {
 /// Logs a storage failure and maps it to the stanza error a client sees.
 pub fn storage_error(e: herald_storage::StorageError) -> StanzaError {
     tracing::error!(error = %e, "storage operation failed");
-    StanzaError::new(Cond::InternalServerError).with_type(herald_core::ErrorType::Wait).with_text("storage temporarily unavailable")
+    StanzaError::new(Cond::InternalServerError)
+        .with_type(herald_core::ErrorType::Wait)
+        .with_text("storage temporarily unavailable")
 }
 
 /// Current time as XEP-0082 UTC datetime with millisecond precision.
@@ -218,12 +275,15 @@ pub fn now_stamp() -> String {
 }
 
 pub fn now_micros() -> i64 {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     d.as_micros() as i64
 }
 
 pub fn stamp_from_micros(micros: i64) -> String {
-    let t = ::time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH);
+    let t = ::time::OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+        .unwrap_or(::time::OffsetDateTime::UNIX_EPOCH);
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),

@@ -22,7 +22,8 @@ pub fn register(r: &mut IqRegistry) {
 
 /// Payloads that are worth keeping: a chat state or receipt alone is not (XEP-0160 §3).
 fn worth_storing(el: &Element) -> bool {
-    el.elements().any(|c| c.ns != "http://jabber.org/protocol/chatstates" && !c.is("thread", ns::CLIENT))
+    el.elements()
+        .any(|c| c.ns != "http://jabber.org/protocol/chatstates" && !c.is("thread", ns::CLIENT))
 }
 
 pub async fn store(server: &Arc<Server>, mut el: Element, to: &Jid) {
@@ -37,12 +38,18 @@ pub async fn store(server: &Arc<Server>, mut el: Element, to: &Jid) {
             .with_text("Offline Storage"),
     );
     let quota = server.settings.raw.offline.max_messages;
-    match server.storage.store_offline(to.bare_str(), &to_stored(&el), micros, quota).await {
+    match server
+        .storage
+        .store_offline(to.bare_str(), &to_stored(&el), micros, quota)
+        .await
+    {
         Ok(_) => {}
         Err(StorageError::QuotaExceeded) => {
             let err = StanzaError::new(Cond::ServiceUnavailable)
                 .with_type(herald_core::ErrorType::Wait)
-                .with_text(format!("the recipient's offline storage is full ({quota} messages)"));
+                .with_text(format!(
+                    "the recipient's offline storage is full ({quota} messages)"
+                ));
             bounce(server, el, err).await;
         }
         Err(e) => {
@@ -64,14 +71,21 @@ pub async fn deliver(server: &Arc<Server>, session: &Session) {
             return;
         }
     };
-    let Some(last) = msgs.last().map(|m| m.id) else { return };
+    let Some(last) = msgs.last().map(|m| m.id) else {
+        return;
+    };
     for m in msgs {
         let Some(mut el) = parse_fragment(&m.stanza) else {
             tracing::warn!(owner, id = m.id, "unreadable offline message skipped");
             continue;
         };
         el.set_attr("to", session.jid.as_str());
-        if session.handle.send(el, server.outbox_timeout()).await.is_err() {
+        if session
+            .handle
+            .send(el, server.outbox_timeout())
+            .await
+            .is_err()
+        {
             return;
         }
     }

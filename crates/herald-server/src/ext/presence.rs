@@ -24,7 +24,12 @@ fn is_to(s: Subscription) -> bool {
 }
 
 /// A presence stanza from a bound client.
-pub async fn from_client(server: &Arc<Server>, session: &mut Session, mut el: Element, to: Option<Jid>) {
+pub async fn from_client(
+    server: &Arc<Server>,
+    session: &mut Session,
+    mut el: Element,
+    to: Option<Jid>,
+) {
     let kind = el.attr("type").map(str::to_string);
     match kind.as_deref() {
         None | Some("unavailable") => match to {
@@ -50,7 +55,13 @@ pub async fn from_client(server: &Arc<Server>, session: &mut Session, mut el: El
 }
 
 /// §3: the user's server handling an outbound subscription stanza.
-async fn outbound_subscription(server: &Arc<Server>, owner: &str, contact: &str, kind: &str, el: Element) {
+async fn outbound_subscription(
+    server: &Arc<Server>,
+    owner: &str,
+    contact: &str,
+    kind: &str,
+    el: Element,
+) {
     let item = match load_item(server, owner, contact).await {
         Ok(i) => i,
         Err(e) => {
@@ -81,12 +92,20 @@ async fn outbound_subscription(server: &Arc<Server>, owner: &str, contact: &str,
             }
         }
         "subscribed" => {
-            let pending = server.storage.remove_pending_in(owner, contact).await.unwrap_or(false);
+            let pending = server
+                .storage
+                .remove_pending_in(owner, contact)
+                .await
+                .unwrap_or(false);
             let mut it = item.unwrap_or_else(|| new_item(contact));
             if is_from(it.subscription) {
                 route_it = false;
             } else if pending {
-                it.subscription = if is_to(it.subscription) { Subscription::Both } else { Subscription::From };
+                it.subscription = if is_to(it.subscription) {
+                    Subscription::Both
+                } else {
+                    Subscription::From
+                };
                 it.approved = false;
                 updated = Some(it);
             } else if !it.approved {
@@ -99,7 +118,11 @@ async fn outbound_subscription(server: &Arc<Server>, owner: &str, contact: &str,
             }
         }
         "unsubscribed" => {
-            let pending = server.storage.remove_pending_in(owner, contact).await.unwrap_or(false);
+            let pending = server
+                .storage
+                .remove_pending_in(owner, contact)
+                .await
+                .unwrap_or(false);
             if let Some(mut it) = item {
                 if is_from(it.subscription) || it.approved {
                     it.subscription = match it.subscription {
@@ -132,7 +155,9 @@ async fn outbound_subscription(server: &Arc<Server>, owner: &str, contact: &str,
         // Approval: the contact now sees our presence (§3.1.5).
         "subscribed" if route_it => send_current_presence(server, owner, contact).await,
         // Cancellation: they stop seeing it (§3.2.2).
-        "unsubscribed" if was_from.is_some() => send_unavailable_from_all(server, owner, contact).await,
+        "unsubscribed" if was_from.is_some() => {
+            send_unavailable_from_all(server, owner, contact).await
+        }
         _ => {}
     }
 }
@@ -151,7 +176,9 @@ fn new_item(contact: &str) -> RosterItem {
 /// A presence stanza arriving for a local user (from anyone, after block checks).
 pub async fn inbound(server: &Arc<Server>, el: Element, to: &Jid) {
     let kind = el.attr("type").map(str::to_string);
-    let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else { return };
+    let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+        return;
+    };
     match kind.as_deref() {
         Some(k @ ("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed")) => {
             inbound_subscription(server, el, to.bare_str(), &from.bare(), k).await
@@ -178,11 +205,21 @@ async fn deliver_to_available(server: &Server, bare: &str, el: Element) {
 }
 
 /// §3: the contact's server handling an inbound subscription stanza.
-async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str, from: &Jid, kind: &str) {
+async fn inbound_subscription(
+    server: &Arc<Server>,
+    mut el: Element,
+    owner: &str,
+    from: &Jid,
+    kind: &str,
+) {
     let owner_jid = Jid::parse(owner).expect("owner is a valid bare JID");
     if !account_exists(server, &owner_jid).await {
         if kind == "subscribe" {
-            route(server, subscription_stanza("unsubscribed", owner, from.as_str())).await;
+            route(
+                server,
+                subscription_stanza("unsubscribed", owner, from.as_str()),
+            )
+            .await;
         }
         return;
     }
@@ -205,9 +242,17 @@ async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str
                     return;
                 }
                 if it.approved {
-                    it.subscription = if is_to(it.subscription) { Subscription::Both } else { Subscription::From };
+                    it.subscription = if is_to(it.subscription) {
+                        Subscription::Both
+                    } else {
+                        Subscription::From
+                    };
                     it.approved = false;
-                    if save_item(server, owner, it).await.map_err(storage_error).is_err() {
+                    if save_item(server, owner, it)
+                        .await
+                        .map_err(storage_error)
+                        .is_err()
+                    {
                         return;
                     }
                     route(server, subscription_stanza("subscribed", owner, contact)).await;
@@ -216,7 +261,11 @@ async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str
                 }
             }
             // Kept until the user answers, across logins (§3.1.3).
-            if let Err(e) = server.storage.add_pending_in(owner, contact, &to_stored(&el)).await {
+            if let Err(e) = server
+                .storage
+                .add_pending_in(owner, contact, &to_stored(&el))
+                .await
+            {
                 storage_error(e);
                 return;
             }
@@ -224,21 +273,41 @@ async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str
         }
         "subscribed" => {
             if let Some(mut it) = item.filter(|i| i.ask && !is_to(i.subscription)) {
-                it.subscription = if is_from(it.subscription) { Subscription::Both } else { Subscription::To };
+                it.subscription = if is_from(it.subscription) {
+                    Subscription::Both
+                } else {
+                    Subscription::To
+                };
                 it.ask = false;
-                if save_item(server, owner, it).await.map_err(storage_error).is_ok() {
+                if save_item(server, owner, it)
+                    .await
+                    .map_err(storage_error)
+                    .is_ok()
+                {
                     deliver_to_available(server, owner, el).await;
                 }
             }
         }
         "unsubscribe" => {
-            let pending = server.storage.remove_pending_in(owner, contact).await.unwrap_or(false);
+            let pending = server
+                .storage
+                .remove_pending_in(owner, contact)
+                .await
+                .unwrap_or(false);
             if let Some(mut it) = item {
                 if is_from(it.subscription) || it.approved {
                     let had_from = is_from(it.subscription);
-                    it.subscription = if is_to(it.subscription) { Subscription::To } else { Subscription::None };
+                    it.subscription = if is_to(it.subscription) {
+                        Subscription::To
+                    } else {
+                        Subscription::None
+                    };
                     it.approved = false;
-                    if save_item(server, owner, it).await.map_err(storage_error).is_err() {
+                    if save_item(server, owner, it)
+                        .await
+                        .map_err(storage_error)
+                        .is_err()
+                    {
                         return;
                     }
                     deliver_to_available(server, owner, el).await;
@@ -254,9 +323,17 @@ async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str
         }
         "unsubscribed" => {
             if let Some(mut it) = item.filter(|i| is_to(i.subscription) || i.ask) {
-                it.subscription = if is_from(it.subscription) { Subscription::From } else { Subscription::None };
+                it.subscription = if is_from(it.subscription) {
+                    Subscription::From
+                } else {
+                    Subscription::None
+                };
                 it.ask = false;
-                if save_item(server, owner, it).await.map_err(storage_error).is_ok() {
+                if save_item(server, owner, it)
+                    .await
+                    .map_err(storage_error)
+                    .is_ok()
+                {
                     deliver_to_available(server, owner, el).await;
                 }
             }
@@ -269,7 +346,11 @@ async fn inbound_subscription(server: &Arc<Server>, mut el: Element, owner: &str
 async fn probe(server: &Arc<Server>, user: &Jid, prober: &Jid) {
     let owner = user.bare_str();
     if !account_exists(server, &user.bare()).await {
-        route(server, subscription_stanza("unsubscribed", owner, prober.bare_str())).await;
+        route(
+            server,
+            subscription_stanza("unsubscribed", owner, prober.bare_str()),
+        )
+        .await;
         return;
     }
     let allowed = prober.bare_str() == owner
@@ -428,8 +509,16 @@ async fn go_unavailable(server: &Arc<Server>, session: &mut Session, el: Element
             route(server, p).await;
         }
     }
-    if !server.registry.sessions(&owner).iter().any(|s| s.id != session.handle.id && s.available()) {
-        let status = el.child("status", ns::CLIENT).map(|s| s.text()).unwrap_or_default();
+    if !server
+        .registry
+        .sessions(&owner)
+        .iter()
+        .any(|s| s.id != session.handle.id && s.available())
+    {
+        let status = el
+            .child("status", ns::CLIENT)
+            .map(|s| s.text())
+            .unwrap_or_default();
         let now = super::now_micros() / 1_000_000;
         if let Err(e) = server.storage.set_last_activity(&owner, now, &status).await {
             storage_error(e);
@@ -455,10 +544,15 @@ async fn directed(server: &Arc<Server>, session: &mut Session, el: Element, to: 
 /// record last activity.
 pub async fn session_ended(server: &Arc<Server>, session: &mut Session) {
     if session.handle.available() {
-        let el = Element::new("presence", ns::CLIENT).with_attr("type", "unavailable").with_attr("from", session.jid.as_str());
+        let el = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", session.jid.as_str());
         go_unavailable(server, session, el).await;
     } else if server.registry.sessions(session.jid.bare_str()).is_empty() {
         let now = super::now_micros() / 1_000_000;
-        let _ = server.storage.set_last_activity(session.jid.bare_str(), now, "").await;
+        let _ = server
+            .storage
+            .set_last_activity(session.jid.bare_str(), now, "")
+            .await;
     }
 }

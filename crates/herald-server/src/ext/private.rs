@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use herald_core::{ns, StanzaError, StanzaErrorCondition as Cond};
 use herald_xml::Element;
 
-use super::{parse_fragment, storage_error, to_stored, IqHandler, IqRegistry, IqRequest, IqResult, Target};
+use super::{
+    parse_fragment, storage_error, to_stored, IqHandler, IqRegistry, IqRequest, IqResult, Target,
+};
 use crate::Server;
 
 pub fn register(r: &mut IqRegistry) {
@@ -33,10 +35,15 @@ impl IqHandler for Private {
         }
         let children: Vec<&Element> = req.payload.elements().collect();
         if children.is_empty() {
-            return Err(StanzaError::new(Cond::BadRequest).with_text("name a namespace to store or fetch"));
+            return Err(
+                StanzaError::new(Cond::BadRequest).with_text("name a namespace to store or fetch")
+            );
         }
         // §3: the jabber:* namespaces are reserved.
-        if children.iter().any(|c| c.ns.starts_with("jabber:") || c.ns.is_empty()) {
+        if children
+            .iter()
+            .any(|c| c.ns.starts_with("jabber:") || c.ns.is_empty())
+        {
             return Err(StanzaError::new(Cond::NotAcceptable));
         }
         let owner = req.from.bare_str();
@@ -44,18 +51,32 @@ impl IqHandler for Private {
             for c in &children {
                 let xml = to_stored(c);
                 if xml.len() > MAX_BYTES {
-                    return Err(StanzaError::new(Cond::NotAcceptable).with_text("private data too large"));
+                    return Err(
+                        StanzaError::new(Cond::NotAcceptable).with_text("private data too large")
+                    );
                 }
-                server.storage.set_private(owner, &key(c), &xml).await.map_err(storage_error)?;
+                server
+                    .storage
+                    .set_private(owner, &key(c), &xml)
+                    .await
+                    .map_err(storage_error)?;
             }
             return Ok(None);
         }
         if children.len() != 1 {
-            return Err(StanzaError::new(Cond::BadRequest).with_text("fetch one namespace at a time"));
+            return Err(
+                StanzaError::new(Cond::BadRequest).with_text("fetch one namespace at a time")
+            );
         }
         let c = children[0];
-        let stored = server.storage.get_private(owner, &key(c)).await.map_err(storage_error)?;
-        let data = stored.and_then(|x| parse_fragment(&x)).unwrap_or_else(|| Element::new(c.name.clone(), c.ns.clone()));
+        let stored = server
+            .storage
+            .get_private(owner, &key(c))
+            .await
+            .map_err(storage_error)?;
+        let data = stored
+            .and_then(|x| parse_fragment(&x))
+            .unwrap_or_else(|| Element::new(c.name.clone(), c.ns.clone()));
         Ok(Some(Element::new("query", ns::PRIVATE).with_child(data)))
     }
 }

@@ -55,19 +55,25 @@ impl IqHandler for RosterHandler {
         }
         let mut items = req.payload.elements().filter(|e| e.is("item", ns::ROSTER));
         let (Some(item), None) = (items.next(), items.next()) else {
-            return Err(StanzaError::new(Cond::BadRequest).with_text("a roster set carries exactly one item"));
+            return Err(StanzaError::new(Cond::BadRequest)
+                .with_text("a roster set carries exactly one item"));
         };
         let jid = item
             .attr("jid")
             .and_then(|j| Jid::parse(j).ok())
-            .ok_or_else(|| StanzaError::new(Cond::BadRequest).with_text("item needs a valid jid"))?;
+            .ok_or_else(|| {
+                StanzaError::new(Cond::BadRequest).with_text("item needs a valid jid")
+            })?;
         if !jid.is_bare() {
             return Err(StanzaError::new(Cond::BadRequest).with_text("roster items are bare JIDs"));
         }
         if item.attr("subscription") == Some("remove") {
             return remove(server, owner, jid.as_str()).await.map(|_| None);
         }
-        let name = item.attr("name").filter(|n| !n.is_empty()).map(str::to_string);
+        let name = item
+            .attr("name")
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
         if name.as_ref().is_some_and(|n| n.len() > MAX_NAME) {
             return Err(StanzaError::new(Cond::NotAcceptable).with_text("name too long"));
         }
@@ -75,7 +81,9 @@ impl IqHandler for RosterHandler {
         for g in item.elements().filter(|e| e.is("group", ns::ROSTER)) {
             let g = g.text();
             if g.is_empty() || g.len() > MAX_NAME {
-                return Err(StanzaError::new(Cond::NotAcceptable).with_text("empty or overlong group name"));
+                return Err(
+                    StanzaError::new(Cond::NotAcceptable).with_text("empty or overlong group name")
+                );
             }
             if groups.contains(&g) {
                 return Err(StanzaError::new(Cond::BadRequest).with_text("duplicate group"));
@@ -86,7 +94,9 @@ impl IqHandler for RosterHandler {
             return Err(StanzaError::new(Cond::NotAcceptable).with_text("too many groups"));
         }
         // §2.1.5: subscription and ask are the server's to set; a client can't forge them.
-        let existing = load_item(server, owner, jid.as_str()).await.map_err(storage_error)?;
+        let existing = load_item(server, owner, jid.as_str())
+            .await
+            .map_err(storage_error)?;
         let updated = match existing {
             Some(mut it) => {
                 it.name = name;
@@ -102,22 +112,37 @@ impl IqHandler for RosterHandler {
                 groups,
             },
         };
-        save_item(server, owner, updated).await.map_err(storage_error)?;
+        save_item(server, owner, updated)
+            .await
+            .map_err(storage_error)?;
         Ok(None)
     }
 }
 
 /// §2.5: removing an item cancels subscriptions both ways and drops pending requests.
 async fn remove(server: &Arc<Server>, owner: &str, contact: &str) -> Result<(), StanzaError> {
-    let Some(item) = load_item(server, owner, contact).await.map_err(storage_error)? else {
+    let Some(item) = load_item(server, owner, contact)
+        .await
+        .map_err(storage_error)?
+    else {
         return Err(StanzaError::new(Cond::ItemNotFound));
     };
     let _ = server.storage.remove_pending_in(owner, contact).await;
-    let Some(ver) = server.storage.remove_roster_item(owner, contact).await.map_err(storage_error)? else {
+    let Some(ver) = server
+        .storage
+        .remove_roster_item(owner, contact)
+        .await
+        .map_err(storage_error)?
+    else {
         return Err(StanzaError::new(Cond::ItemNotFound));
     };
     if let Some(cache) = server.registry.cache(owner) {
-        if let Some(map) = cache.roster.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(map) = cache
+            .roster
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             map.remove(contact);
         }
     }
@@ -139,11 +164,16 @@ async fn remove(server: &Arc<Server>, owner: &str, contact: &str) -> Result<(), 
 }
 
 pub fn subscription_stanza(kind: &str, from: &str, to: &str) -> Element {
-    Element::new("presence", ns::CLIENT).with_attr("type", kind).with_attr("from", from).with_attr("to", to)
+    Element::new("presence", ns::CLIENT)
+        .with_attr("type", kind)
+        .with_attr("from", from)
+        .with_attr("to", to)
 }
 
 pub fn item_element(it: &RosterItem) -> Element {
-    let mut e = Element::new("item", ns::ROSTER).with_attr("jid", it.jid.clone()).with_attr("subscription", it.subscription.as_str());
+    let mut e = Element::new("item", ns::ROSTER)
+        .with_attr("jid", it.jid.clone())
+        .with_attr("subscription", it.subscription.as_str());
     if let Some(n) = &it.name {
         e.set_attr("name", n.clone());
     }
@@ -160,7 +190,11 @@ pub fn item_element(it: &RosterItem) -> Element {
 }
 
 /// A roster item, from the online user's cache when loaded.
-pub async fn load_item(server: &Server, owner: &str, contact: &str) -> Result<Option<RosterItem>, StorageError> {
+pub async fn load_item(
+    server: &Server,
+    owner: &str,
+    contact: &str,
+) -> Result<Option<RosterItem>, StorageError> {
     if let Some(found) = with_cached(server, owner, |m| m.get(contact).cloned()).await? {
         return Ok(found);
     }
@@ -174,7 +208,9 @@ async fn with_cached<R>(
     owner: &str,
     f: impl FnOnce(&HashMap<String, RosterItem>) -> R,
 ) -> Result<Option<R>, StorageError> {
-    let Some(cache) = server.registry.cache(owner) else { return Ok(None) };
+    let Some(cache) = server.registry.cache(owner) else {
+        return Ok(None);
+    };
     {
         let guard = cache.roster.read().unwrap_or_else(|p| p.into_inner());
         if let Some(map) = guard.as_ref() {
@@ -190,11 +226,21 @@ async fn with_cached<R>(
 }
 
 /// Contacts matching a filter, for presence fan-out (from cache when online).
-pub async fn contacts_where(server: &Server, owner: &str, f: impl Fn(&RosterItem) -> bool) -> Vec<String> {
-    let pick = |items: &mut dyn Iterator<Item = &RosterItem>| items.filter(|i| f(i)).map(|i| i.jid.clone()).collect();
+pub async fn contacts_where(
+    server: &Server,
+    owner: &str,
+    f: impl Fn(&RosterItem) -> bool,
+) -> Vec<String> {
+    let pick = |items: &mut dyn Iterator<Item = &RosterItem>| {
+        items.filter(|i| f(i)).map(|i| i.jid.clone()).collect()
+    };
     let res = match with_cached(server, owner, |m| pick(&mut m.values())).await {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => server.storage.roster(owner).await.map(|(_, items)| pick(&mut items.iter())),
+        Ok(None) => server
+            .storage
+            .roster(owner)
+            .await
+            .map(|(_, items)| pick(&mut items.iter())),
         Err(e) => Err(e),
     };
     res.unwrap_or_else(|e| {
@@ -205,10 +251,19 @@ pub async fn contacts_where(server: &Server, owner: &str, f: impl Fn(&RosterItem
 
 /// Writes an item (storage first, durable before anyone is told), updates the cache and
 /// pushes it to the owner's interested resources.
-pub async fn save_item(server: &Server, owner: &str, item: RosterItem) -> Result<u64, StorageError> {
+pub async fn save_item(
+    server: &Server,
+    owner: &str,
+    item: RosterItem,
+) -> Result<u64, StorageError> {
     let ver = server.storage.put_roster_item(owner, &item).await?;
     if let Some(cache) = server.registry.cache(owner) {
-        if let Some(map) = cache.roster.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        if let Some(map) = cache
+            .roster
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
             map.insert(item.jid.clone(), item.clone());
         }
     }
@@ -220,7 +275,9 @@ pub async fn save_item(server: &Server, owner: &str, item: RosterItem) -> Result
 async fn push(server: &Server, owner: &str, ver: u64, item: &RosterItem, removed: bool) {
     let mut el = item_element(item);
     if removed {
-        el = Element::new("item", ns::ROSTER).with_attr("jid", item.jid.clone()).with_attr("subscription", "remove");
+        el = Element::new("item", ns::ROSTER)
+            .with_attr("jid", item.jid.clone())
+            .with_attr("subscription", "remove");
     }
     for s in server.registry.sessions(owner) {
         if !s.shared.interested.load(Ordering::Acquire) {
@@ -230,7 +287,11 @@ async fn push(server: &Server, owner: &str, ver: u64, item: &RosterItem, removed
             .with_attr("type", "set")
             .with_attr("id", format!("push{}", crate::stream::random_id()))
             .with_attr("to", s.jid.as_str())
-            .with_child(Element::new("query", ns::ROSTER).with_attr("ver", ver.to_string()).with_child(el.clone()));
+            .with_child(
+                Element::new("query", ns::ROSTER)
+                    .with_attr("ver", ver.to_string())
+                    .with_child(el.clone()),
+            );
         let _ = s.send(iq, server.outbox_timeout()).await;
     }
 }

@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use herald_core::{ns, StanzaError, StanzaErrorCondition as Cond};
 use herald_xml::Element;
 
-use super::{parse_fragment, storage_error, to_stored, IqHandler, IqRegistry, IqRequest, IqResult, Target};
+use super::{
+    parse_fragment, storage_error, to_stored, IqHandler, IqRegistry, IqRequest, IqResult, Target,
+};
 use crate::router::account_exists;
 use crate::Server;
 
@@ -37,7 +39,11 @@ impl IqHandler for VCard {
                 if xml.len() > MAX_VCARD_BYTES {
                     return Err(StanzaError::new(Cond::NotAcceptable).with_text("vCard too large"));
                 }
-                server.storage.set_private(req.from.bare_str(), KEY, &xml).await.map_err(storage_error)?;
+                server
+                    .storage
+                    .set_private(req.from.bare_str(), KEY, &xml)
+                    .await
+                    .map_err(storage_error)?;
                 Ok(None)
             }
             (_, false) => {
@@ -45,9 +51,17 @@ impl IqHandler for VCard {
                 if req.target == Target::OtherAccount && !account_exists(server, &owner).await {
                     return Err(StanzaError::new(Cond::ServiceUnavailable));
                 }
-                let stored = server.storage.get_private(owner.as_str(), KEY).await.map_err(storage_error)?;
+                let stored = server
+                    .storage
+                    .get_private(owner.as_str(), KEY)
+                    .await
+                    .map_err(storage_error)?;
                 // XEP-0054 §3.1: no vCard yet is an empty vCard.
-                Ok(Some(stored.and_then(|x| parse_fragment(&x)).unwrap_or_else(|| Element::new("vCard", ns::VCARD))))
+                Ok(Some(
+                    stored
+                        .and_then(|x| parse_fragment(&x))
+                        .unwrap_or_else(|| Element::new("vCard", ns::VCARD)),
+                ))
             }
         }
     }

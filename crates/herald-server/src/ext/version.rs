@@ -28,7 +28,9 @@ impl IqHandler for Version {
         Ok(Some(
             Element::new("query", ns::VERSION)
                 .with_child(Element::new("name", ns::VERSION).with_text("Herald"))
-                .with_child(Element::new("version", ns::VERSION).with_text(env!("CARGO_PKG_VERSION"))),
+                .with_child(
+                    Element::new("version", ns::VERSION).with_text(env!("CARGO_PKG_VERSION")),
+                ),
         ))
     }
 }
