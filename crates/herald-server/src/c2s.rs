@@ -35,14 +35,14 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
     let preauth = Duration::from_secs(server.settings.raw.c2s.preauth_timeout_secs);
     let mut shutdown = server.shutdown.clone();
     let negotiated = tokio::select! {
-        r = tokio::time::timeout(preauth, negotiate(&server, &mut conn, direct_tls)) => match r {
+        r = tokio::time::timeout(preauth, Box::pin(negotiate(&server, &mut conn, direct_tls))) => match r {
             Ok(r) => r,
             Err(_) => Err(stream_error(SErr::ConnectionTimeout, "negotiation took too long")),
         },
         _ = crate::stopped(&mut shutdown) => Err(StreamEnd::Error(SErr::SystemShutdown, None)),
     };
     match negotiated {
-        Ok(bound) => run_session(&server, conn, bound).await,
+        Ok(bound) => Box::pin(run_session(&server, conn, bound)).await,
         Err(end) => finish(&mut conn, end, None).await,
     }
 }
@@ -619,7 +619,9 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
         // Drain everything already parsed before reading more.
         match conn.poll_event() {
             Ok(Some(StreamEvent::Stanza(el))) => {
-                if let Err(e) = handle_client_stanza(server, &mut conn, &mut session, el).await {
+                // Boxed: the handler's state exists only while a stanza is processed, keeping the
+                // idle session's task small.
+                if let Err(e) = Box::pin(handle_client_stanza(server, &mut conn, &mut session, el)).await {
                     break e;
                 }
                 continue;

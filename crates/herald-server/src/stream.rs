@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use herald_core::sasl::ChannelBinding;
 use herald_core::{ns, StreamErrorCondition};
 use herald_xml::{Element, Limits, StreamEvent, StreamParser, XmlError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::Poll;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::Server;
@@ -88,7 +91,11 @@ pub struct Conn {
     pub stream_ns: &'static str,
 }
 
-const READ_CHUNK: usize = 4096;
+const READ_CHUNK: usize = 16 * 1024;
+
+thread_local! {
+    static READ_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
+}
 
 impl Conn {
     pub fn new(server: &Server, io: Box<dyn Io>, peer: SocketAddr) -> Conn {
@@ -118,13 +125,29 @@ impl Conn {
     }
 
     /// Reads one chunk from the socket into the parser. Cancel-safe.
+    ///
+    /// The bytes land in a per-thread scratch buffer and go straight into the parser inside
+    /// the same poll, so an idle session holds no read buffer at all (the per-session memory
+    /// budget is 16 KiB and TLS takes most of it).
     pub async fn read_some(&mut self) -> Result<(), StreamEnd> {
-        let mut buf = [0u8; READ_CHUNK];
-        let n = self.io.read(&mut buf).await?;
+        let n = std::future::poll_fn(|cx| {
+            READ_BUF.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut rb = ReadBuf::new(&mut buf[..]);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        self.parser.feed(rb.filled());
+                        Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+        })
+        .await?;
         if n == 0 {
             return Err(StreamEnd::Closed);
         }
-        self.parser.feed(&buf[..n]);
         if let Some(pause) = self.rate.take(n) {
             tokio::time::sleep(pause).await;
         }
