@@ -238,7 +238,13 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
             // toml's message spans lines with a source excerpt; keep its first line plus location.
-            let msg = e.message().trim().to_string();
+            let msg = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
             let loc = e
                 .span()
                 .map(|s| {

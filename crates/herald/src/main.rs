@@ -34,6 +34,17 @@ enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCmd),
+    /// XEP-0106 JID escaping, for names coming from directories.
+    #[command(subcommand)]
+    Jid(JidCmd),
+}
+
+#[derive(Subcommand)]
+enum JidCmd {
+    /// Escape a raw name into a valid localpart (e.g. "d'artagnan" -> "d\\27artagnan").
+    Escape { name: String },
+    /// Turn an escaped localpart back into the raw name.
+    Unescape { localpart: String },
 }
 
 #[derive(Subcommand)]
@@ -91,6 +102,14 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::User(cmd) => user(settings, cmd).await,
+            Command::Jid(JidCmd::Escape { name }) => {
+                println!("{}", herald_core::jid::escape_node(&name));
+                Ok(())
+            }
+            Command::Jid(JidCmd::Unescape { localpart }) => {
+                println!("{}", herald_core::jid::unescape_node(&localpart));
+                Ok(())
+            }
             Command::Config(ConfigCmd::Check) => {
                 check(&settings);
                 Ok(())

@@ -1,0 +1,367 @@
+//! The `herald` binary as an operator uses it: config errors, account commands, startup
+//! failures as one readable line, SIGTERM, and the PostgreSQL backend.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_herald");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    cfg: std::path::PathBuf,
+    c2s: u16,
+}
+
+fn env_with(storage: Option<&str>, extra: &str) -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let (c2s, tls, http, comp) = (free_port(), free_port(), free_port(), free_port());
+    let storage = storage
+        .map(|u| format!("[storage]\nurl = \"{u}\"\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "[server]\ndomains = [\"example.test\"]\ndata_dir = \"{}\"\n{storage}[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\nhttp = [\"127.0.0.1:{http}\"]\ncomponent = [\"127.0.0.1:{comp}\"]\n{extra}",
+        dir.path().join("data").display()
+    );
+    let cfg = dir.path().join("herald.toml");
+    std::fs::write(&cfg, text).unwrap();
+    Env { dir, cfg, c2s }
+}
+
+fn herald(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut c = Command::new(BIN);
+    c.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// An operator error: non-zero exit, exactly one line on stderr, no panic.
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let e = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {e}"
+    );
+    assert!(!e.contains("panicked"), "panic instead of an error: {e}");
+    assert_eq!(
+        e.trim_end().lines().count(),
+        1,
+        "expected one line, got: {e}"
+    );
+    assert!(e.contains(needle), "expected {needle:?} in {e:?}");
+}
+
+#[test]
+fn config_check_reports_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\ndomains = []\n", "[server.domains]"),
+        ("[listen]\nc2s = [\"localhost\"]\n", "[listen.c2s]"),
+        ("[auth]\nscram_iterations = 1\n", "[auth.scram_iterations]"),
+        ("[server\n", "line 1"),
+        ("[server]\nnope = true\n", "nope"),
+        (
+            "[tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n",
+            "[tls.cert]",
+        ),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("c{i}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let o = herald(&p, &["config", "check"], None);
+        assert_one_line_error(&o, needle);
+        assert!(
+            stderr(&o).contains(&p.display().to_string()),
+            "names the file: {}",
+            stderr(&o)
+        );
+        assert_eq!(o.status.code(), Some(2));
+    }
+    let o = herald(&dir.path().join("missing.toml"), &["config", "check"], None);
+    assert_one_line_error(&o, "cannot read");
+    let e = env_with(None, "");
+    let o = herald(&e.cfg, &["config", "check"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("example.test"));
+}
+
+#[test]
+fn user_commands_round_trip() {
+    let e = env_with(None, "");
+    let o = herald(
+        &e.cfg,
+        &["user", "add", "Alice@Example.test", "--password", "pw1"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = herald(
+        &e.cfg,
+        &["user", "add", "bob@example.test", "--password-stdin"],
+        Some("pw2\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = herald(&e.cfg, &["user", "list", "example.test"], None);
+    assert_eq!(stdout(&o), "alice@example.test\nbob@example.test\n");
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["user", "add", "alice@example.test", "--password", "x"],
+            None,
+        ),
+        "already exists",
+    );
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["user", "add", "carol@other.test", "--password", "x"],
+            None,
+        ),
+        "not served",
+    );
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["user", "add", "bad\u{2167}@example.test", "--password", "x"],
+            None,
+        ),
+        "not a valid",
+    );
+    let o = herald(
+        &e.cfg,
+        &["user", "passwd", "bob@example.test", "--password-stdin"],
+        Some("new\n"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["user", "passwd", "nobody@example.test", "--password", "x"],
+            None,
+        ),
+        "does not exist",
+    );
+    let o = herald(&e.cfg, &["user", "del", "bob@example.test"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(
+        &herald(&e.cfg, &["user", "del", "bob@example.test"], None),
+        "does not exist",
+    );
+    let o = herald(&e.cfg, &["user", "list", "example.test"], None);
+    assert_eq!(stdout(&o), "alice@example.test\n");
+    // The database holds no clear password.
+    let db = std::fs::read(e.dir.path().join("data/herald.db")).unwrap();
+    assert!(
+        !db.windows(3).any(|w| w == b"pw1"),
+        "password stored in clear"
+    );
+}
+
+#[test]
+fn jid_escaping_command() {
+    let e = env_with(None, "");
+    let o = herald(&e.cfg, &["jid", "escape", "d'artagnan smith"], None);
+    assert_eq!(stdout(&o), "d\\27artagnan\\20smith\n");
+    let o = herald(&e.cfg, &["jid", "unescape", "d\\27artagnan\\20smith"], None);
+    assert_eq!(stdout(&o), "d'artagnan smith\n");
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(cfg: &Path) -> Server {
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(cfg)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Server(child)
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "server did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_exit(s: &mut Server, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = s.0.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not exit within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(s: &Server) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(s.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[test]
+fn port_in_use_is_one_line() {
+    let e = env_with(None, "");
+    let _hold = TcpListener::bind(("127.0.0.1", e.c2s)).unwrap();
+    let mut s = spawn_serve(&e.cfg);
+    let st = wait_exit(&mut s, Duration::from_secs(20));
+    assert!(!st.success());
+    let mut err = String::new();
+    s.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let last = err.trim_end().lines().last().unwrap_or("").to_string();
+    assert!(
+        last.starts_with("herald: cannot listen on 127.0.0.1:"),
+        "{err}"
+    );
+    assert!(last.contains("address already in use"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn unreachable_database_is_one_line() {
+    let e = env_with(Some("postgres://postgres@127.0.0.1:1/herald"), "");
+    let mut s = spawn_serve(&e.cfg);
+    let st = wait_exit(&mut s, Duration::from_secs(30));
+    assert!(!st.success());
+    let mut err = String::new();
+    s.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("herald: storage postgres://"), "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+}
+
+/// Reads until `needle` shows up or the peer closes; returns everything read.
+fn read_until(s: &mut TcpStream, needle: &str, limit: Duration) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+        if String::from_utf8_lossy(&out).contains(needle) {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn sigterm_closes_streams_with_system_shutdown() {
+    let e = env_with(None, "");
+    let mut s = spawn_serve(&e.cfg);
+    wait_port(e.c2s);
+    let mut c = TcpStream::connect(("127.0.0.1", e.c2s)).unwrap();
+    c.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>").unwrap();
+    let got = read_until(&mut c, "</stream:features>", Duration::from_secs(5));
+    assert!(got.contains("<starttls"), "{got}");
+    let t = Instant::now();
+    sigterm(&s);
+    let got = read_until(&mut c, "</stream:stream>", Duration::from_secs(5));
+    assert!(got.contains("system-shutdown"), "{got}");
+    let st = wait_exit(&mut s, Duration::from_secs(8));
+    assert!(st.success(), "exit status {st:?}");
+    assert!(t.elapsed() < Duration::from_secs(8));
+}
+
+fn psql(sql: &str) {
+    let st = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qtAc",
+            sql,
+        ])
+        .status()
+        .expect("psql must be installed (PostgreSQL client)");
+    assert!(st.success(), "psql failed: {sql}");
+}
+
+#[test]
+fn postgres_backend_serves_and_manages_accounts() {
+    let db = format!("herald_cli_{}", rand::random::<u32>());
+    psql(&format!("CREATE DATABASE {db}"));
+    struct Drop_(String);
+    impl Drop for Drop_ {
+        fn drop(&mut self) {
+            psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+        }
+    }
+    let _cleanup = Drop_(db.clone());
+    let e = env_with(
+        Some(&format!("postgres://postgres@127.0.0.1:5432/{db}")),
+        "",
+    );
+    let mut s = spawn_serve(&e.cfg);
+    wait_port(e.c2s);
+    // The CLI works against the same database while the server runs.
+    let o = herald(
+        &e.cfg,
+        &["user", "add", "pg@example.test", "--password", "pw"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = herald(&e.cfg, &["user", "list", "example.test"], None);
+    assert_eq!(stdout(&o), "pg@example.test\n");
+    sigterm(&s);
+    assert!(wait_exit(&mut s, Duration::from_secs(8)).success());
+}
