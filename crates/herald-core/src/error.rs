@@ -141,7 +141,8 @@ pub struct StanzaError {
     pub condition: StanzaErrorCondition,
     pub kind: ErrorType,
     pub text: Option<String>,
-    pub app: Option<Element>,
+    /// Boxed: errors travel in `Result`s on hot paths and should stay small.
+    pub app: Option<Box<Element>>,
 }
 
 impl StanzaError {
@@ -165,7 +166,7 @@ impl StanzaError {
     }
 
     pub fn with_app(mut self, app: Element) -> StanzaError {
-        self.app = Some(app);
+        self.app = Some(Box::new(app));
         self
     }
 
@@ -184,7 +185,7 @@ impl StanzaError {
             );
         }
         if let Some(app) = &self.app {
-            e.push(app.clone());
+            e.push((**app).clone());
         }
         e
     }

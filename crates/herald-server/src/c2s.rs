@@ -73,9 +73,9 @@ struct Bound {
 /// Waits for the client's stream header and answers with ours. Errors found in the header
 /// are sent after our header (RFC 6120 §4.9.1.1: an error needs an open stream).
 async fn open_stream(server: &Server, conn: &mut Conn) -> Result<String, StreamEnd> {
-    let header = loop {
+    let header = {
         match conn.next_event().await {
-            Ok(StreamEvent::Open(h)) => break h,
+            Ok(StreamEvent::Open(h)) => h,
             Ok(_) => {
                 return Err(header_error(
                     server,
@@ -446,10 +446,7 @@ async fn sasl_exchange(
         Ok(f) => f,
         Err(e) => return Ok(Err((e.into(), None))),
     };
-    let jid = match Jid::new(Some(&first.username), domain, None) {
-        Ok(j) => Some(j),
-        Err(_) => None,
-    };
+    let jid = Jid::new(Some(&first.username), domain, None).ok();
     let account = jid
         .as_ref()
         .map(|j| j.bare_str().to_string())
@@ -621,7 +618,9 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
             Ok(Some(StreamEvent::Stanza(el))) => {
                 // Boxed: the handler's state exists only while a stanza is processed, keeping the
                 // idle session's task small.
-                if let Err(e) = Box::pin(handle_client_stanza(server, &mut conn, &mut session, el)).await {
+                if let Err(e) =
+                    Box::pin(handle_client_stanza(server, &mut conn, &mut session, el)).await
+                {
                     break e;
                 }
                 continue;
@@ -666,7 +665,7 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
     rx.close();
     let mut leftovers = Vec::new();
     while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
-        leftovers.push(el);
+        leftovers.push(*el);
     }
     presence::session_ended(server, &mut session).await;
     for el in leftovers {

@@ -26,9 +26,9 @@ impl ComponentEntry {
     pub async fn send(&self, el: Element, timeout: Duration) -> Result<(), Element> {
         let tx = self.tx.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tx) = tx else { return Err(el) };
-        match tokio::time::timeout(timeout, tx.send(Outbound::Stanza(el))).await {
+        match tokio::time::timeout(timeout, tx.send(Outbound::Stanza(Box::new(el)))).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(mpsc::error::SendError(Outbound::Stanza(el)))) => Err(el),
+            Ok(Err(mpsc::error::SendError(Outbound::Stanza(el)))) => Err(*el),
             _ => Err(Element::new("dropped", "")),
         }
     }
@@ -151,7 +151,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
         crate::router::bounce(
             &server,
-            el,
+            *el,
             herald_core::StanzaErrorCondition::ServiceUnavailable.into(),
         )
         .await;

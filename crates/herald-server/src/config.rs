@@ -23,7 +23,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerSection,
@@ -126,22 +126,6 @@ pub struct ComponentSection {
 pub struct LogSection {
     /// tracing filter, e.g. "info" or "herald_server=debug,info".
     pub level: String,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerSection::default(),
-            storage: StorageSection::default(),
-            tls: TlsSection::default(),
-            listen: ListenSection::default(),
-            c2s: C2sSection::default(),
-            auth: AuthSection::default(),
-            offline: OfflineSection::default(),
-            components: Vec::new(),
-            log: LogSection::default(),
-        }
-    }
 }
 
 impl Default for ServerSection {
@@ -248,7 +232,7 @@ impl Config {
             let loc = e
                 .span()
                 .map(|s| {
-                    let line = text[..s.start.min(text.len())].lines().count().max(1);
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();

@@ -90,6 +90,15 @@ async fn to_server(server: &Arc<Server>, el: Element, to: &Jid) {
 
 /// RFC 6121 §8.5.2/8.5.3: local user, bare or full JID.
 async fn deliver_to_user(server: &Arc<Server>, el: Element, to: &Jid) {
+    // Availability presence for a user with no session has nowhere to go (§4.3.2 probes and
+    // subscriptions still do): drop it before any lookup, so presence fan-out to offline
+    // contacts costs nothing.
+    if el.name == "presence"
+        && matches!(el.attr("type"), None | Some("unavailable"))
+        && !server.registry.is_online(to.bare_str())
+    {
+        return;
+    }
     let from = el.attr("from").and_then(|f| Jid::parse(f).ok());
     if let Some(from) = &from {
         // XEP-0191: nothing from a blocked JID reaches the user.
@@ -234,9 +243,17 @@ pub async fn message_from_client(
         }
     };
     if blocking::blocks(server, session.jid.bare_str(), &to).await {
-        let err = StanzaError::new(Cond::NotAcceptable)
-            .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
-        return bounce(server, el, err).await;
+        // Straight to the sender's session: routed, this error would come "from" the JID the
+        // sender blocks and be dropped by the inbound block check.
+        if el.attr("type") != Some("error") {
+            let err = StanzaError::new(Cond::NotAcceptable)
+                .with_app(Element::new("blocked", ns::BLOCKING_ERRORS));
+            let _ = session
+                .handle
+                .send(err.reply_to(&el), server.outbox_timeout())
+                .await;
+        }
+        return;
     }
     deliver(server, el, &to).await
 }

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 /// What other tasks may ask a session's connection task to do.
 #[derive(Debug)]
 pub enum Outbound {
-    Stanza(Element),
+    /// Boxed so a queue slot is one pointer: tokio allocates channel slots in blocks, and an
+    /// idle session's first block is part of its memory budget.
+    Stanza(Box<Element>),
     /// Close the stream with this error (e.g. `conflict` when a new session takes the resource).
     Close(StreamErrorCondition, Option<String>),
 }
@@ -77,13 +79,13 @@ impl SessionHandle {
     /// Queues a stanza. A full outbox makes the sender wait (backpressure) up to `timeout`;
     /// a session that stays full that long is told to close, and the stanza is returned.
     pub async fn send(&self, stanza: Element, timeout: Duration) -> Result<(), Undeliverable> {
-        match self.tx.try_send(Outbound::Stanza(stanza)) {
+        match self.tx.try_send(Outbound::Stanza(Box::new(stanza))) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(Undeliverable(s)),
+            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(Undeliverable(*s)),
             Err(mpsc::error::TrySendError::Full(msg)) => {
                 match tokio::time::timeout(timeout, self.tx.send(msg)).await {
                     Ok(Ok(())) => Ok(()),
-                    Ok(Err(mpsc::error::SendError(Outbound::Stanza(s)))) => Err(Undeliverable(s)),
+                    Ok(Err(mpsc::error::SendError(Outbound::Stanza(s)))) => Err(Undeliverable(*s)),
                     Err(_) => {
                         tracing::warn!(jid = %self.jid, "outbox full for too long; closing slow session");
                         self.close(

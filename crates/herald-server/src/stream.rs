@@ -204,8 +204,9 @@ impl Conn {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;
             self.wbuf.clear();
-            if self.wbuf.capacity() > 16 * 1024 {
-                self.wbuf.shrink_to(1024);
+            // Keep a small buffer for the common case; give back what a burst grew.
+            if self.wbuf.capacity() > 4 * 1024 {
+                self.wbuf = Vec::new();
             }
         }
         self.io.flush().await

@@ -44,11 +44,7 @@ pub async fn from_client(
             el.set_attr("to", contact.as_str());
             outbound_subscription(server, session.jid.bare_str(), contact.as_str(), k, el).await;
         }
-        Some("error") => {
-            if to.is_some() {
-                route(server, el).await;
-            }
-        }
+        Some("error") if to.is_some() => route(server, el).await,
         // Probes are the server's business (§4.3); anything else is not a presence type.
         _ => {}
     }
@@ -543,6 +539,20 @@ async fn directed(server: &Arc<Server>, session: &mut Session, el: Element, to: 
 /// The session's stream ended: if it never said unavailable, say it for it (§4.6.3), and
 /// record last activity.
 pub async fn session_ended(server: &Arc<Server>, session: &mut Session) {
+    // Replaced by a new session with the same full JID (conflict): the new one owns that
+    // address now, and an unavailable from it would hide the new session's presence.
+    let replaced = server
+        .registry
+        .session(&session.jid)
+        .is_some_and(|s| s.id != session.handle.id);
+    if replaced {
+        session
+            .handle
+            .shared
+            .available
+            .store(false, Ordering::Release);
+        return;
+    }
     if session.handle.available() {
         let el = Element::new("presence", ns::CLIENT)
             .with_attr("type", "unavailable")
@@ -550,9 +560,14 @@ pub async fn session_ended(server: &Arc<Server>, session: &mut Session) {
         go_unavailable(server, session, el).await;
     } else if server.registry.sessions(session.jid.bare_str()).is_empty() {
         let now = super::now_micros() / 1_000_000;
+        // Keep the status of an explicit unavailable sent earlier (XEP-0012 §4).
+        let status = match server.storage.last_activity(session.jid.bare_str()).await {
+            Ok(Some((_, s))) => s,
+            _ => String::new(),
+        };
         let _ = server
             .storage
-            .set_last_activity(session.jid.bare_str(), now, "")
+            .set_last_activity(session.jid.bare_str(), now, &status)
             .await;
     }
 }
