@@ -38,9 +38,12 @@ pub async fn store(server: &Arc<Server>, mut el: Element, to: &Jid) {
             .with_text("Offline Storage"),
     );
     let quota = server.settings.raw.offline.max_messages;
+    let stored = to_stored(&el);
+    // A bounce carries the message as sent, without our delay stamp.
+    el.children.pop();
     match server
         .storage
-        .store_offline(to.bare_str(), &to_stored(&el), micros, quota)
+        .store_offline(to.bare_str(), &stored, micros, quota)
         .await
     {
         Ok(_) => {}
