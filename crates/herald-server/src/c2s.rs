@@ -728,7 +728,16 @@ async fn handle_client_stanza(
                 conn.queue(&reply);
             }
         }
-        "presence" => presence::from_client(server, session, el, to).await,
+        "presence" => {
+            // RFC 6121 §4.2.2 / §4.4.2: broadcast presence also goes back to its sender.
+            // Written straight to this connection: our own outbox could be full.
+            if to.is_none() && el.attr("type").is_none() {
+                let mut copy = el.clone();
+                copy.set_attr("to", session.jid.as_str());
+                conn.queue(&copy);
+            }
+            presence::from_client(server, session, el, to).await
+        }
         _ => crate::router::message_from_client(server, session, el, to).await,
     }
     Ok(())
