@@ -37,6 +37,9 @@ else
   cargo test --workspace --no-fail-fast
 fi
 
+log "server integration tests again, on PostgreSQL"
+HERALD_TEST_STORAGE=postgres cargo test -p herald-server --tests -q
+
 log "interop: slixmpp against the real binary"
 cargo build -p herald -q
 HERALD_BIN="$PWD/target/debug/herald" bash interop/run.sh

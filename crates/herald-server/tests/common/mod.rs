@@ -48,6 +48,8 @@ pub struct TestServer {
     pub shutdown: watch::Sender<bool>,
     pub running: Option<Running>,
     pub domains: Vec<String>,
+    /// The PostgreSQL database made for this server, dropped with it.
+    pub pg_db: Option<String>,
     // Last: removed after everything above is dropped.
     pub dir: tempfile::TempDir,
 }
@@ -78,7 +80,7 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("test config does not parse: {e}\n{text}"))
             .validate("test")
             .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
-        let url = format!("sqlite://{}", dir.path().join("h.db").display());
+        let (url, pg_db) = storage_url(&dir);
         let store = herald_storage::open(&url)
             .await
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
@@ -97,6 +99,7 @@ impl TestServer {
             shutdown: tx,
             running: Some(running),
             domains,
+            pg_db,
             dir,
         }
     }
@@ -134,7 +137,61 @@ impl TestServer {
 impl Drop for TestServer {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
+        if let Some(db) = &self.pg_db {
+            psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
     }
+}
+
+/// The store a test server uses: SQLite in its temp dir, or with
+/// `HERALD_TEST_STORAGE=postgres` a fresh PostgreSQL database on 127.0.0.1:5432 (the test
+/// command runs the whole suite once per backend). A missing PostgreSQL fails the test.
+fn storage_url(dir: &tempfile::TempDir) -> (String, Option<String>) {
+    match std::env::var("HERALD_TEST_STORAGE").as_deref() {
+        Ok("postgres") => {
+            let db = format!("herald_it_{:016x}", rand_u64());
+            psql(&format!("CREATE DATABASE {db}"));
+            (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
+        }
+        Ok("sqlite") | Err(_) => (
+            format!("sqlite://{}", dir.path().join("h.db").display()),
+            None,
+        ),
+        Ok(other) => panic!("HERALD_TEST_STORAGE={other}: expected sqlite or postgres"),
+    }
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+fn psql(sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qtAc",
+            sql,
+        ])
+        .output()
+        .expect("psql (PostgreSQL client) must be installed for HERALD_TEST_STORAGE=postgres");
+    assert!(
+        out.status.success(),
+        "psql failed: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
