@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import atexit
 import os
 import signal
 import socket
@@ -52,6 +53,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+_pg_databases: list[str] = []
+
+
+def _psql(sql: str) -> None:
+    r = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qtAc", sql],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, f"psql failed: {sql}: {r.stderr}"
+
+
+def make_pg_database() -> str:
+    """A fresh PostgreSQL database for one server (HERALD_TEST_STORAGE=postgres)."""
+    name = f"herald_interop_{os.getpid()}_{len(_pg_databases)}"
+    _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    _psql(f"CREATE DATABASE {name}")
+    _pg_databases.append(name)
+    return f"postgres://postgres@127.0.0.1:5432/{name}"
+
+
+@atexit.register
+def _drop_pg_databases() -> None:
+    for name in _pg_databases:
+        try:
+            _psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        except Exception:  # best effort at exit
+            pass
+
+
 class Server:
     """A herald process with its own config, data dir and ports."""
 
@@ -70,12 +102,16 @@ class Server:
         self.component_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
+        storage = ""
+        if os.environ.get("HERALD_TEST_STORAGE") == "postgres":
+            storage = f'[storage]\nurl = "{make_pg_database()}"\n'
         self.config.write_text(
             f"""
 [server]
 domains = ["{DOMAIN}"]
 data_dir = "{self.data_dir}"
 shutdown_grace_secs = 2
+{storage}
 
 [listen]
 c2s = ["{HOST}:{self.c2s_port}"]

@@ -43,3 +43,6 @@ HERALD_TEST_STORAGE=postgres cargo test -p herald-server --tests -q
 log "interop: slixmpp against the real binary"
 cargo build -p herald -q
 HERALD_BIN="$PWD/target/debug/herald" bash interop/run.sh
+
+log "interop again, on PostgreSQL"
+HERALD_TEST_STORAGE=postgres HERALD_BIN="$PWD/target/debug/herald" bash interop/run.sh
