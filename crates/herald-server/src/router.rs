@@ -128,7 +128,11 @@ async fn deliver_to_user(server: &Arc<Server>, el: Element, to: &Jid) {
             }
             // Results and errors to a bare JID have no session to go to: dropped (§8.5.2.1.3).
         }
-        _ => deliver_message(server, el, to).await,
+        _ => {
+            let mut el = el;
+            ext::message_inbound(server, &mut el, to).await;
+            deliver_message(server, el, to).await
+        }
     }
 }
 
@@ -137,10 +141,17 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
     let kind = el.attr("type").unwrap_or("normal").to_string();
     if to.resource().is_some() {
         if let Some(s) = server.registry.session(to) {
-            if let Err(u) = s.send(el, server.outbox_timeout()).await {
-                if u.0.name == "message" {
+            let copy = ext::carbons::wants_copies(&el).then(|| el.clone());
+            match s.send(el, server.outbox_timeout()).await {
+                Ok(()) => {
+                    if let Some(c) = copy {
+                        ext::message_delivered(server, &c, to, &[s.id]).await;
+                    }
+                }
+                Err(u) if u.0.name == "message" => {
                     Box::pin(deliver_message(server, u.0, &to.bare())).await;
                 }
+                Err(_) => {}
             }
             return;
         }
@@ -172,9 +183,10 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
         }
         return offline::store(server, el, to).await;
     }
+    let carbon = ext::carbons::wants_copies(&el).then(|| el.clone());
     let last = targets.len() - 1;
     let mut el = Some(el);
-    let mut delivered = false;
+    let mut delivered = Vec::with_capacity(targets.len());
     let mut returned = None;
     for (i, s) in targets.iter().enumerate() {
         let copy = if i == last {
@@ -183,14 +195,16 @@ async fn deliver_message(server: &Arc<Server>, el: Element, to: &Jid) {
             el.clone().expect("present")
         };
         match s.send(copy, server.outbox_timeout()).await {
-            Ok(()) => delivered = true,
+            Ok(()) => delivered.push(s.id),
             Err(u) => returned = Some(u.0),
         }
     }
-    if !delivered {
+    if delivered.is_empty() {
         if let Some(m) = returned.filter(|m| m.name == "message") {
             offline::store(server, m, to).await;
         }
+    } else if let Some(c) = carbon {
+        ext::message_delivered(server, &c, to, &delivered).await;
     }
 }
 
@@ -242,6 +256,7 @@ pub async fn message_from_client(
             b
         }
     };
+    ext::message_outbound(server, session, &mut el, &to).await;
     if blocking::blocks(server, session.jid.bare_str(), &to).await {
         // Straight to the sender's session: routed, this error would come "from" the JID the
         // sender blocks and be dropped by the inbound block check.

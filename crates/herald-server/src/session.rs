@@ -36,6 +36,8 @@ pub struct SessionShared {
     pub presence: Mutex<Option<Element>>,
     /// Asked for the roster, so it receives roster pushes (RFC 6121 §2.1.6).
     pub interested: AtomicBool,
+    /// XEP-0280 carbons enabled.
+    pub carbons: AtomicBool,
 }
 
 #[derive(Clone, Debug)]

@@ -6,8 +6,10 @@
 //! string-named hooks that could silently never fire).
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod last;
+pub mod mam;
 pub mod offline;
 pub mod ping;
 pub mod presence;
@@ -83,6 +85,8 @@ impl IqRegistry {
         last::register(&mut r);
         time::register(&mut r);
         offline::register(&mut r);
+        carbons::register(&mut r);
+        mam::register(&mut r);
         r.server_features.sort_unstable();
         r.server_features.dedup();
         r.account_features.sort_unstable();
@@ -96,6 +100,25 @@ impl IqRegistry {
             None => Err(StanzaError::new(Cond::ServiceUnavailable)),
         }
     }
+}
+
+/// A 1:1 message arriving for local user `to` (from anywhere), before the delivery rules
+/// run; once per message. Extensions may annotate it (MAM adds its stanza-id).
+pub async fn message_inbound(server: &Arc<Server>, el: &mut Element, to: &Jid) {
+    mam::on_inbound(server, el, to).await;
+}
+
+/// A message a local client sends, before routing: MAM archives the sender's copy,
+/// carbons copy it to the sender's other resources.
+pub async fn message_outbound(server: &Arc<Server>, session: &Session, el: &mut Element, to: &Jid) {
+    mam::on_outbound(server, session, el, to).await;
+    carbons::on_sent(server, session, el).await;
+}
+
+/// An inbound message reached the sessions `delivered` of user `to`: carbons send
+/// "received" copies to the user's other enabled resources.
+pub async fn message_delivered(server: &Arc<Server>, el: &Element, to: &Jid, delivered: &[u64]) {
+    carbons::on_received(server, el, to, delivered).await;
 }
 
 /// An empty or payload-carrying result for a request.
