@@ -5,6 +5,7 @@
 //! data or ends the stream with a typed error. One task per connection owns the socket; other
 //! tasks reach the session only through its bounded outbox.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,8 +20,10 @@ use herald_xml::{Element, StreamEvent, StreamHeader};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::ext::csi::{self, Csi, Verdict};
 use crate::ext::{self, presence};
 use crate::session::{Outbound, SessionHandle};
+use crate::sm::{self, SmState};
 use crate::stream::{self, stream_error, Conn, StreamEnd};
 use crate::Server;
 
@@ -42,7 +45,39 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
         _ = crate::stopped(&mut shutdown) => Err(StreamEnd::Error(SErr::SystemShutdown, None)),
     };
     match negotiated {
-        Ok(bound) => Box::pin(run_session(&server, conn, bound)).await,
+        Ok(Negotiated::Bound(bound)) => Box::pin(run_session(&server, conn, bound)).await,
+        Ok(Negotiated::Resume { jid, previd, h }) => {
+            Box::pin(resume(server, conn, jid, previd, h)).await
+        }
+        Err(end) => finish(&mut conn, end, None).await,
+    }
+}
+
+/// XEP-0198 §5: hands this authenticated connection to the session it resumes; if there
+/// is none, says so and lets the client bind a new session instead.
+async fn resume(server: Arc<Server>, mut conn: Conn, jid: Jid, previd: String, h: u32) {
+    if let Some(slot) = server.registry.resumable(&previd, jid.bare_str()) {
+        match slot.tx.send(sm::Handoff { conn, h }).await {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::SendError(back)) => conn = back.conn,
+        }
+    }
+    tracing::info!(peer = %conn.peer, jid = %jid, "c2s resumption refused: unknown or expired id");
+    conn.queue(&sm::failed("item-not-found", None));
+    let r = match conn.flush().await {
+        Ok(()) => bind_loop(&server, &mut conn, jid).await,
+        Err(e) => Err(StreamEnd::Io(e)),
+    };
+    match r {
+        Ok(Negotiated::Bound(bound)) => Box::pin(run_session(&server, conn, bound)).await,
+        Ok(Negotiated::Resume { .. }) => {
+            finish(
+                &mut conn,
+                stream_error(SErr::PolicyViolation, "one resumption attempt per stream"),
+                None,
+            )
+            .await
+        }
         Err(end) => finish(&mut conn, end, None).await,
     }
 }
@@ -195,7 +230,7 @@ async fn negotiate(
     server: &Arc<Server>,
     conn: &mut Conn,
     direct_tls: bool,
-) -> Result<Bound, StreamEnd> {
+) -> Result<Negotiated, StreamEnd> {
     if direct_tls {
         conn.upgrade_tls(server).await?;
     }
@@ -524,17 +559,53 @@ async fn load_creds(server: &Server, jid: &Jid) -> Vec<ScramCredential> {
     }
 }
 
-async fn bind_stage(server: &Arc<Server>, conn: &mut Conn, jid: Jid) -> Result<Bound, StreamEnd> {
+/// What negotiation ends in: a new session, or a request to resume an old one.
+enum Negotiated {
+    Bound(Bound),
+    Resume { jid: Jid, previd: String, h: u32 },
+}
+
+async fn bind_stage(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    jid: Jid,
+) -> Result<Negotiated, StreamEnd> {
     open_stream(server, conn).await?;
     let mut f = features();
     f.push(Element::new("bind", ns::BIND));
     f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
     f.push(Element::new("ver", ns::ROSTER_VER));
     f.push(Element::new("sub", ns::PRE_APPROVAL));
+    f.push(Element::new("sm", ns::SM));
+    f.push(Element::new("csi", ns::CSI));
     conn.queue_stream_element(&f);
     conn.flush().await?;
+    bind_loop(server, conn, jid).await
+}
+
+async fn bind_loop(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    jid: Jid,
+) -> Result<Negotiated, StreamEnd> {
     loop {
         let el = conn.next_stanza().await?;
+        if el.is("resume", ns::SM) {
+            let (Some(previd), Some(h)) = (el.attr("previd"), sm::parse_h(&el)) else {
+                conn.send(&sm::failed("bad-request", None)).await?;
+                continue;
+            };
+            return Ok(Negotiated::Resume {
+                jid,
+                previd: previd.to_string(),
+                h,
+            });
+        }
+        if el.ns == ns::SM {
+            // <enable/> before a resource is bound (XEP-0198 §3).
+            conn.send(&sm::failed("unexpected-request", None)).await?;
+            continue;
+        }
         let Some(bind) = el
             .child("bind", ns::BIND)
             .filter(|_| el.name == "iq" && el.attr("type") == Some("set"))
@@ -584,11 +655,11 @@ async fn bind_stage(server: &Arc<Server>, conn: &mut Conn, jid: Jid) -> Result<B
         );
         conn.send(&reply).await?;
         tracing::info!(peer = %conn.peer, jid = %full, "c2s session bound");
-        return Ok(Bound {
+        return Ok(Negotiated::Bound(Bound {
             jid: full,
             handle,
             rx,
-        });
+        }));
     }
 }
 
@@ -598,9 +669,46 @@ pub struct Session {
     pub handle: SessionHandle,
     /// Full JIDs we sent directed presence to, owed an unavailable on logout.
     pub directed: Vec<Jid>,
+    /// XEP-0198 state once the client enabled it.
+    sm: Option<SmState>,
+    /// New connections for this session (resumption or takeover).
+    handoff: Option<mpsc::Receiver<sm::Handoff>>,
+    /// XEP-0352 state.
+    csi: Csi,
+    /// Stanzas a handler wants written before its IQ reply (e.g. archive results).
+    pub before_reply: std::sync::Mutex<Vec<Element>>,
 }
 
-async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
+/// Writes a stanza to the client, counting it for XEP-0198.
+fn emit(conn: &mut Conn, session: &mut Session, el: Element) {
+    conn.queue(&el);
+    if let Some(sm) = session.sm.as_mut() {
+        sm.sent(&el);
+    }
+}
+
+/// Writes an outbound stanza through the CSI filter.
+fn deliver_out(server: &Server, conn: &mut Conn, session: &mut Session, el: Element) {
+    match session.csi.filter(el, server.settings.raw.c2s.csi_max_held) {
+        Verdict::Send(el) => emit(conn, session, el),
+        Verdict::FlushThenSend(held, el) => {
+            for h in held {
+                emit(conn, session, h);
+            }
+            emit(conn, session, el);
+        }
+        Verdict::Held => {}
+    }
+}
+
+/// Why the connected part of a session's life ended.
+enum LoopEnd {
+    End(StreamEnd),
+    /// A new connection took the session over.
+    Handoff(sm::Handoff),
+}
+
+async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
     let Bound {
         jid,
         handle,
@@ -610,60 +718,54 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
         jid: jid.clone(),
         handle,
         directed: Vec::new(),
+        sm: None,
+        handoff: None,
+        csi: Csi::default(),
+        before_reply: std::sync::Mutex::new(Vec::new()),
     };
-    let mut shutdown = server.shutdown.clone();
+    let mut conn = conn;
+    let mut pending: VecDeque<Element> = VecDeque::new();
     let end = loop {
-        // Drain everything already parsed before reading more.
-        match conn.poll_event() {
-            Ok(Some(StreamEvent::Stanza(el))) => {
-                // Boxed: the handler's state exists only while a stanza is processed, keeping the
-                // idle session's task small.
-                if let Err(e) =
-                    Box::pin(handle_client_stanza(server, &mut conn, &mut session, el)).await
-                {
-                    break e;
-                }
-                continue;
+        let handoff = match Box::pin(connected(server, &mut conn, &mut session, &mut rx)).await {
+            LoopEnd::Handoff(h) => {
+                // Takeover of a live connection: the old one is gone for the client.
+                conn.close_with_error(SErr::Conflict, Some("session resumed elsewhere"))
+                    .await;
+                h
             }
-            Ok(Some(StreamEvent::Close)) => break StreamEnd::Closed,
-            Ok(Some(StreamEvent::Open(_))) => {
-                break stream_error(SErr::BadFormat, "unexpected stream header")
-            }
-            Ok(None) => {}
-            Err(e) => break e,
-        }
-        if let Err(e) = conn.flush().await {
-            break StreamEnd::Io(e);
-        }
-        tokio::select! {
-            r = conn.read_some() => if let Err(e) = r { break e; },
-            msg = rx.recv() => match msg {
-                Some(Outbound::Stanza(el)) => {
-                    conn.queue(&el);
-                    // Batch whatever else is already queued into one write.
-                    let mut n = 0;
-                    let mut close = None;
-                    while n < 64 {
-                        match rx.try_recv() {
-                            Ok(Outbound::Stanza(el)) => conn.queue(&el),
-                            Ok(Outbound::Close(c, t)) => { close = Some((c, t)); break; }
-                            Err(_) => break,
-                        }
-                        n += 1;
-                    }
-                    if let Some((c, t)) = close { break StreamEnd::Error(c, t); }
+            LoopEnd::End(end) => {
+                let resumable = session.sm.as_ref().is_some_and(|s| s.id.is_some())
+                    && matches!(
+                        end,
+                        StreamEnd::Io(_) | StreamEnd::Error(SErr::ConnectionTimeout, _)
+                    );
+                if !resumable {
+                    break end;
                 }
-                Some(Outbound::Close(c, t)) => break StreamEnd::Error(c, t),
-                None => break StreamEnd::Error(SErr::InternalServerError, None),
-            },
-            _ = crate::stopped(&mut shutdown) => break StreamEnd::Error(SErr::SystemShutdown, None),
-        }
+                tracing::info!(peer = %conn.peer, jid = %jid, "c2s connection lost; session hibernating");
+                match Box::pin(hibernate(server, &mut session, &mut rx, &mut pending)).await {
+                    Some(h) => h,
+                    None => break StreamEnd::Io(std::io::Error::other("resumption timed out")),
+                }
+            }
+        };
+        conn = handoff.conn;
+        resumed(server, &mut conn, &mut session, handoff.h, &mut pending);
+        tracing::info!(peer = %conn.peer, jid = %jid, "c2s session resumed");
     };
     // Unbind first so nothing new is routed here, then announce unavailability and hand
-    // queued stanzas back to the router (offline storage) so nothing is lost.
+    // what never reached the client back to the router (other resources or offline
+    // storage) so nothing is lost.
     server.registry.unbind(&session.jid, session.handle.id);
+    if let Some(id) = session.sm.as_ref().and_then(|s| s.id.as_deref()) {
+        server.registry.forget_resumable(id);
+    }
     rx.close();
-    let mut leftovers = Vec::new();
+    let mut leftovers: Vec<Element> = Vec::new();
+    if let Some(sm) = session.sm.as_mut() {
+        leftovers.extend(sm.unacked.drain(..));
+    }
+    leftovers.extend(pending.drain(..));
     while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
         leftovers.push(*el);
     }
@@ -672,6 +774,234 @@ async fn run_session(server: &Arc<Server>, mut conn: Conn, bound: Bound) {
         crate::router::reroute_undelivered(server, el).await;
     }
     finish(&mut conn, end, Some(&jid)).await;
+}
+
+/// The session while a connection is attached.
+async fn connected(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    session: &mut Session,
+    rx: &mut mpsc::Receiver<Outbound>,
+) -> LoopEnd {
+    let mut shutdown = server.shutdown.clone();
+    loop {
+        // Drain everything already parsed before reading more.
+        match conn.poll_event() {
+            Ok(Some(StreamEvent::Stanza(el))) => {
+                // Boxed: the handler's state exists only while a stanza is processed,
+                // keeping the idle session's task small.
+                if let Err(e) = Box::pin(handle_client_element(server, conn, session, el)).await {
+                    return LoopEnd::End(e);
+                }
+                continue;
+            }
+            Ok(Some(StreamEvent::Close)) => return LoopEnd::End(StreamEnd::Closed),
+            Ok(Some(StreamEvent::Open(_))) => {
+                return LoopEnd::End(stream_error(SErr::BadFormat, "unexpected stream header"))
+            }
+            Ok(None) => {}
+            Err(e) => return LoopEnd::End(e),
+        }
+        if let Some(sm) = session.sm.as_mut() {
+            if sm.unacked.len() > server.settings.raw.c2s.max_unacked {
+                return LoopEnd::End(stream_error(
+                    SErr::ResourceConstraint,
+                    "too many unacknowledged stanzas",
+                ));
+            }
+            if sm.should_request() {
+                conn.queue(&sm::request());
+            }
+        }
+        if let Err(e) = conn.flush().await {
+            return LoopEnd::End(StreamEnd::Io(e));
+        }
+        let handoff = async {
+            match session.handoff.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = conn.read_some() => if let Err(e) = r { return LoopEnd::End(e); },
+            msg = rx.recv() => {
+                let mut next = msg;
+                // Batch whatever else is already queued into one write.
+                for _ in 0..64 {
+                    match next {
+                        Some(Outbound::Stanza(el)) => deliver_out(server, conn, session, *el),
+                        Some(Outbound::Close(c, t)) => return LoopEnd::End(StreamEnd::Error(c, t)),
+                        None => return LoopEnd::End(StreamEnd::Error(SErr::InternalServerError, None)),
+                    }
+                    match rx.try_recv() {
+                        Ok(m) => next = Some(m),
+                        Err(_) => break,
+                    }
+                }
+            }
+            h = handoff => if let Some(h) = h { return LoopEnd::Handoff(h); },
+            _ = crate::stopped(&mut shutdown) => return LoopEnd::End(StreamEnd::Error(SErr::SystemShutdown, None)),
+        }
+    }
+}
+
+/// XEP-0198 §5: no connection; keep the session (it stays bound and available) until a
+/// client resumes it or the timeout passes. Stanzas for it wait in `pending`.
+async fn hibernate(
+    server: &Arc<Server>,
+    session: &mut Session,
+    rx: &mut mpsc::Receiver<Outbound>,
+    pending: &mut VecDeque<Element>,
+) -> Option<sm::Handoff> {
+    let timeout = tokio::time::sleep(Duration::from_secs(
+        server.settings.raw.c2s.resume_timeout_secs,
+    ));
+    tokio::pin!(timeout);
+    let mut shutdown = server.shutdown.clone();
+    let cap = server.settings.raw.c2s.max_unacked;
+    loop {
+        let handoff = async {
+            match session.handoff.as_mut() {
+                Some(h) => h.recv().await,
+                None => None,
+            }
+        };
+        tokio::select! {
+            h = handoff => return h,
+            msg = rx.recv() => match msg {
+                Some(Outbound::Stanza(el)) => {
+                    pending.push_back(*el);
+                    if pending.len() > cap {
+                        return None;
+                    }
+                }
+                Some(Outbound::Close(..)) | None => return None,
+            },
+            _ = &mut timeout => return None,
+            _ = crate::stopped(&mut shutdown) => return None,
+        }
+    }
+}
+
+/// Completes a resumption on the new connection: `<resumed/>`, then what the client has
+/// not acknowledged, then what queued up meanwhile.
+fn resumed(
+    server: &Server,
+    conn: &mut Conn,
+    session: &mut Session,
+    h: u32,
+    pending: &mut VecDeque<Element>,
+) {
+    let Some(sm) = session.sm.as_mut() else {
+        return;
+    };
+    if sm.ack(h).is_err() {
+        // The client claims more than we sent: treat everything as received.
+        sm.unacked.clear();
+    }
+    let resumed = Element::new("resumed", ns::SM)
+        .with_attr("h", sm.h_in.to_string())
+        .with_attr("previd", sm.id.clone().unwrap_or_default());
+    conn.queue(&resumed);
+    for el in sm.unacked.iter() {
+        conn.queue(el);
+    }
+    sm.requested = false;
+    for el in pending.drain(..) {
+        deliver_out(server, conn, session, el);
+    }
+}
+
+/// A top-level element from a bound client: XEP-0198 and XEP-0352 nonzas, or a stanza.
+async fn handle_client_element(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    session: &mut Session,
+    el: Element,
+) -> Result<(), StreamEnd> {
+    if el.ns == ns::SM {
+        return stream_management(server, conn, session, &el);
+    }
+    if csi::is_csi(&el) {
+        if el.name == "active" {
+            for h in session.csi.activate() {
+                emit(conn, session, h);
+            }
+        } else {
+            session.csi.inactive = true;
+        }
+        return Ok(());
+    }
+    handle_client_stanza(server, conn, session, el).await?;
+    if let Some(sm) = session.sm.as_mut() {
+        sm.h_in = sm.h_in.wrapping_add(1);
+    }
+    Ok(())
+}
+
+fn stream_management(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    session: &mut Session,
+    el: &Element,
+) -> Result<(), StreamEnd> {
+    match (el.name.as_str(), session.sm.as_mut()) {
+        ("enable", None) => {
+            let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
+            let timeout = server.settings.raw.c2s.resume_timeout_secs;
+            let mut enabled = Element::new("enabled", ns::SM);
+            let id = if wants_resume && timeout > 0 {
+                let id = stream::random_id();
+                let (tx, rx) = mpsc::channel(1);
+                server.registry.register_resumable(
+                    id.clone(),
+                    sm::ResumeSlot {
+                        bare: session.jid.bare_str().to_string(),
+                        tx,
+                    },
+                );
+                session.handoff = Some(rx);
+                enabled.set_attr("id", id.clone());
+                enabled.set_attr("resume", "true");
+                enabled.set_attr("max", timeout.to_string());
+                Some(id)
+            } else {
+                None
+            };
+            session.sm = Some(SmState::new(id));
+            conn.queue(&enabled);
+            Ok(())
+        }
+        ("enable", Some(_)) => {
+            conn.queue(&sm::failed("unexpected-request", None));
+            Ok(())
+        }
+        ("r", Some(sm)) => {
+            let a = sm.ack_element();
+            conn.queue(&a);
+            Ok(())
+        }
+        ("a", Some(sm)) => {
+            let Some(h) = sm::parse_h(el) else {
+                return Err(stream_error(SErr::InvalidXml, "<a/> needs a numeric 'h'"));
+            };
+            match sm.ack(h) {
+                Ok(()) => Ok(()),
+                Err(sm::AckError::TooHigh { h, sent }) => Err(stream_error(
+                    SErr::UndefinedCondition,
+                    &format!("acknowledged {h} stanzas but only {sent} were sent (handled-count-too-high)"),
+                )),
+            }
+        }
+        ("resume", _) => {
+            conn.queue(&sm::failed("unexpected-request", None));
+            Ok(())
+        }
+        _ => Err(stream_error(
+            SErr::UnsupportedStanzaType,
+            "stream management is not enabled",
+        )),
+    }
 }
 
 /// Validates addressing of a stanza from the client and hands it to the right module.
@@ -704,7 +1034,11 @@ async fn handle_client_stanza(
         Some(Ok(j)) => Some(j),
         Some(Err(_)) => {
             if el.attr("type") != Some("error") {
-                conn.queue(&StanzaError::new(Cond::JidMalformed).reply_to(&el));
+                emit(
+                    conn,
+                    session,
+                    StanzaError::new(Cond::JidMalformed).reply_to(&el),
+                );
             }
             return Ok(());
         }
@@ -721,11 +1055,21 @@ async fn handle_client_stanza(
                     .as_ref()
                     .is_none_or(|t| t.is_bare() && t.node().is_none())
             {
-                conn.queue(&ext::iq_result(&el, None));
+                emit(conn, session, ext::iq_result(&el, None));
                 return Ok(());
             }
-            if let Some(reply) = ext::client_iq(server, session, el, to).await {
-                conn.queue(&reply);
+            let reply = ext::client_iq(server, session, el, to).await;
+            let early = std::mem::take(
+                &mut *session
+                    .before_reply
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            for e in early {
+                emit(conn, session, e);
+            }
+            if let Some(reply) = reply {
+                emit(conn, session, reply);
             }
         }
         "presence" => {
@@ -734,7 +1078,7 @@ async fn handle_client_stanza(
             if to.is_none() && el.attr("type").is_none() {
                 let mut copy = el.clone();
                 copy.set_attr("to", session.jid.as_str());
-                conn.queue(&copy);
+                emit(conn, session, copy);
             }
             presence::from_client(server, session, el, to).await
         }

@@ -93,6 +93,12 @@ pub struct C2sSection {
     pub outbox_capacity: usize,
     /// Seconds a sender waits on a full outbox before the slow session is dropped.
     pub outbox_timeout_secs: u64,
+    /// XEP-0198: seconds a dropped session waits to be resumed before it ends.
+    pub resume_timeout_secs: u64,
+    /// XEP-0198: stanzas sent but not acknowledged before the stream is closed.
+    pub max_unacked: usize,
+    /// XEP-0352: presence updates held for an inactive client before they are flushed.
+    pub csi_max_held: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,6 +167,9 @@ impl Default for C2sSection {
             burst_bytes: 2 * 1024 * 1024,
             outbox_capacity: 256,
             outbox_timeout_secs: 10,
+            resume_timeout_secs: 300,
+            max_unacked: 5000,
+            csi_max_held: 500,
         }
     }
 }
@@ -347,6 +356,15 @@ impl Config {
                 "c2s.max_attributes",
                 "must be between 8 and 4096".into(),
             ));
+        }
+        if self.c2s.resume_timeout_secs > 86_400 {
+            return Err(bad(
+                "c2s.resume_timeout_secs",
+                "must be at most 86400 (a day)".into(),
+            ));
+        }
+        if self.c2s.max_unacked < 10 {
+            return Err(bad("c2s.max_unacked", "must be at least 10".into()));
         }
         if self.c2s.outbox_capacity == 0 {
             return Err(bad("c2s.outbox_capacity", "must be at least 1".into()));

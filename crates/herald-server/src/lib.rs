@@ -12,6 +12,7 @@ pub mod ext;
 pub mod http;
 pub mod router;
 pub mod session;
+pub mod sm;
 pub mod stream;
 pub mod throttle;
 pub mod tls;

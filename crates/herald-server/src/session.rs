@@ -131,9 +131,27 @@ pub struct UserCache {
     pub blocklist: RwLock<Option<HashSet<String>>>,
 }
 
+const ROSTER_STRIPES: usize = 64;
+
+struct Stripes(Vec<tokio::sync::Mutex<()>>);
+
+impl Default for Stripes {
+    fn default() -> Self {
+        Stripes(
+            (0..ROSTER_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
+        )
+    }
+}
+
 #[derive(Default)]
 pub struct Registry {
     users: DashMap<String, UserEntry>,
+    /// XEP-0198 resumption ids → the task that owns the session.
+    resumable: DashMap<String, crate::sm::ResumeSlot>,
+    roster_stripes: Stripes,
+    stripe_hasher: std::collections::hash_map::RandomState,
     next_id: AtomicU64,
     count: AtomicU64,
 }
@@ -209,6 +227,36 @@ impl Registry {
     /// The caches of an online user, if online.
     pub fn cache(&self, bare: &str) -> Option<Arc<UserCache>> {
         self.users.get(bare).map(|e| e.cache.clone())
+    }
+
+    /// Serialises read-modify-write of one user's roster items (a subscription answer and
+    /// the contact's own answer can arrive at the same moment). Striped: a few dozen locks
+    /// cover every user; held only around the storage calls for one change.
+    pub async fn roster_lock(&self, owner: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = self.stripe_hasher.build_hasher();
+        h.write(owner.as_bytes());
+        self.roster_stripes.0[(h.finish() as usize) % ROSTER_STRIPES]
+            .lock()
+            .await
+    }
+
+    /// Makes a session resumable under `id` (XEP-0198).
+    pub fn register_resumable(&self, id: String, slot: crate::sm::ResumeSlot) {
+        self.resumable.insert(id, slot);
+    }
+
+    /// The owner of a resumption id, if it exists and belongs to `bare`. A wrong user gets
+    /// the same answer as an unknown id.
+    pub fn resumable(&self, id: &str, bare: &str) -> Option<crate::sm::ResumeSlot> {
+        self.resumable
+            .get(id)
+            .filter(|s| s.bare == bare)
+            .map(|s| s.clone())
+    }
+
+    pub fn forget_resumable(&self, id: &str) {
+        self.resumable.remove(id);
     }
 
     /// Every session, for shutdown.

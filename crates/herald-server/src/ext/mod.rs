@@ -7,6 +7,7 @@
 
 pub mod blocking;
 pub mod carbons;
+pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;

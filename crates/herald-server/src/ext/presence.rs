@@ -50,13 +50,34 @@ pub async fn from_client(
     }
 }
 
-/// §3: the user's server handling an outbound subscription stanza.
+/// §3: the user's server handling an outbound subscription stanza. The roster change is
+/// made under the owner's roster lock; what must be routed is routed after releasing it (a
+/// route can reach the contact's lock, and two users answering each other at once would
+/// otherwise wait on each other).
 async fn outbound_subscription(
     server: &Arc<Server>,
     owner: &str,
     contact: &str,
     kind: &str,
     el: Element,
+) {
+    let mut later = Vec::new();
+    {
+        let _guard = server.registry.roster_lock(owner).await;
+        outbound_subscription_locked(server, owner, contact, kind, el, &mut later).await;
+    }
+    for p in later {
+        route(server, p).await;
+    }
+}
+
+async fn outbound_subscription_locked(
+    server: &Arc<Server>,
+    owner: &str,
+    contact: &str,
+    kind: &str,
+    el: Element,
+    later: &mut Vec<Element>,
 ) {
     let item = match load_item(server, owner, contact).await {
         Ok(i) => i,
@@ -145,14 +166,14 @@ async fn outbound_subscription(
         }
     }
     if route_it {
-        route(server, el).await;
+        later.push(el);
     }
     match kind {
         // Approval: the contact now sees our presence (§3.1.5).
-        "subscribed" if route_it => send_current_presence(server, owner, contact).await,
+        "subscribed" if route_it => later.extend(current_presence(server, owner, contact)),
         // Cancellation: they stop seeing it (§3.2.2).
         "unsubscribed" if was_from.is_some() => {
-            send_unavailable_from_all(server, owner, contact).await
+            later.extend(unavailable_from_all(server, owner, contact))
         }
         _ => {}
     }
@@ -200,22 +221,37 @@ async fn deliver_to_available(server: &Server, bare: &str, el: Element) {
     }
 }
 
-/// §3: the contact's server handling an inbound subscription stanza.
+/// §3: the contact's server handling an inbound subscription stanza (locked like
+/// [`outbound_subscription`]).
 async fn inbound_subscription(
+    server: &Arc<Server>,
+    el: Element,
+    owner: &str,
+    from: &Jid,
+    kind: &str,
+) {
+    let mut later = Vec::new();
+    {
+        let _guard = server.registry.roster_lock(owner).await;
+        inbound_subscription_locked(server, el, owner, from, kind, &mut later).await;
+    }
+    for p in later {
+        route(server, p).await;
+    }
+}
+
+async fn inbound_subscription_locked(
     server: &Arc<Server>,
     mut el: Element,
     owner: &str,
     from: &Jid,
     kind: &str,
+    later: &mut Vec<Element>,
 ) {
     let owner_jid = Jid::parse(owner).expect("owner is a valid bare JID");
     if !account_exists(server, &owner_jid).await {
         if kind == "subscribe" {
-            route(
-                server,
-                subscription_stanza("unsubscribed", owner, from.as_str()),
-            )
-            .await;
+            later.push(subscription_stanza("unsubscribed", owner, from.as_str()));
         }
         return;
     }
@@ -234,7 +270,7 @@ async fn inbound_subscription(
             if let Some(mut it) = item {
                 if is_from(it.subscription) {
                     // Already subscribed: answer for the user (§3.1.3).
-                    route(server, subscription_stanza("subscribed", owner, contact)).await;
+                    later.push(subscription_stanza("subscribed", owner, contact));
                     return;
                 }
                 if it.approved {
@@ -251,8 +287,8 @@ async fn inbound_subscription(
                     {
                         return;
                     }
-                    route(server, subscription_stanza("subscribed", owner, contact)).await;
-                    send_current_presence(server, owner, contact).await;
+                    later.push(subscription_stanza("subscribed", owner, contact));
+                    later.extend(current_presence(server, owner, contact));
                     return;
                 }
             }
@@ -308,7 +344,7 @@ async fn inbound_subscription(
                     }
                     deliver_to_available(server, owner, el).await;
                     if had_from {
-                        send_unavailable_from_all(server, owner, contact).await;
+                        later.extend(unavailable_from_all(server, owner, contact));
                     }
                     return;
                 }
@@ -377,27 +413,39 @@ async fn probe(server: &Arc<Server>, user: &Jid, prober: &Jid) {
     }
 }
 
-/// Sends the user's current presence (each available resource) to one contact.
-async fn send_current_presence(server: &Arc<Server>, owner: &str, contact: &str) {
+/// The user's current presence (each available resource), addressed to one contact.
+fn current_presence(server: &Server, owner: &str, contact: &str) -> Vec<Element> {
+    let mut out = Vec::new();
     for s in server.registry.sessions(owner) {
         if let Some(mut p) = s.presence().filter(|_| s.available()) {
             p.set_attr("from", s.jid.as_str());
             p.set_attr("to", contact);
-            route(server, p).await;
+            out.push(p);
         }
     }
+    out
+}
+
+/// Unavailable presence from each of the user's available resources to one contact.
+fn unavailable_from_all(server: &Server, owner: &str, contact: &str) -> Vec<Element> {
+    server
+        .registry
+        .sessions(owner)
+        .into_iter()
+        .filter(|s| s.available())
+        .map(|s| {
+            Element::new("presence", ns::CLIENT)
+                .with_attr("type", "unavailable")
+                .with_attr("from", s.jid.as_str())
+                .with_attr("to", contact)
+        })
+        .collect()
 }
 
 /// Unavailable presence from each of the user's available resources to one contact.
 pub async fn send_unavailable_from_all(server: &Arc<Server>, owner: &str, contact: &str) {
-    for s in server.registry.sessions(owner) {
-        if s.available() {
-            let p = Element::new("presence", ns::CLIENT)
-                .with_attr("type", "unavailable")
-                .with_attr("from", s.jid.as_str())
-                .with_attr("to", contact);
-            route(server, p).await;
-        }
+    for p in unavailable_from_all(server, owner, contact) {
+        route(server, p).await;
     }
 }
 

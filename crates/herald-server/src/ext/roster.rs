@@ -94,6 +94,7 @@ impl IqHandler for RosterHandler {
             return Err(StanzaError::new(Cond::NotAcceptable).with_text("too many groups"));
         }
         // §2.1.5: subscription and ask are the server's to set; a client can't forge them.
+        let _guard = server.registry.roster_lock(owner).await;
         let existing = load_item(server, owner, jid.as_str())
             .await
             .map_err(storage_error)?;

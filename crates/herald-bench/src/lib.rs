@@ -1,0 +1,316 @@
+//! herald-bench: a load generator that speaks real XMPP (STARTTLS or direct TLS, SASL
+//! SCRAM-SHA-1 / SCRAM-SHA-256 / PLAIN, resource binding, roster, presence) to any server,
+//! so Herald, ejabberd and Prosody are measured the same way.
+//!
+//! The binary is a thin wrapper around [`run`], which integration tests call directly.
+//! Scenarios live in [`scenarios`]; see `bench/README.md` for what each measures.
+
+pub mod report;
+pub mod runner;
+pub mod scenarios;
+pub mod scram;
+pub mod stats;
+pub mod xmpp;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rustls::pki_types::ServerName;
+
+pub use report::Report;
+pub use scram::Mech;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-bench",
+    version,
+    about = "Load generator for XMPP servers: logins, 1:1 chat, presence fan-out"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// Options every scenario shares (accepted before or after the subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server host name or IP.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Server port (default 5222, or 5223 with --direct-tls).
+    #[arg(long, global = true)]
+    pub port: Option<u16>,
+    /// XMPP domain the accounts live on.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub domain: String,
+    /// Direct TLS (XEP-0368) instead of STARTTLS.
+    #[arg(long, global = true)]
+    pub direct_tls: bool,
+    /// SASL mechanism.
+    #[arg(long, global = true, value_enum, default_value = "SCRAM-SHA-1")]
+    pub mech: Mech,
+    /// Number of accounts (PREFIX<first> .. PREFIX<first+N-1>).
+    #[arg(long, global = true, default_value_t = 100)]
+    pub users: usize,
+    /// Number of the first account.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub first: usize,
+    /// Account names are PREFIX<i>.
+    #[arg(long, global = true, default_value = "user")]
+    pub user_prefix: String,
+    /// One password for every account (default: PASSWORD_PREFIX<i>).
+    #[arg(long, global = true)]
+    pub password: Option<String>,
+    /// Per-account passwords are PASSWORD_PREFIX<i>.
+    #[arg(long, global = true, default_value = "pass")]
+    pub password_prefix: String,
+    /// Resource to bind.
+    #[arg(long, global = true, default_value = "bench")]
+    pub resource: String,
+    /// New logins started per second (0: all at once, bounded by --max-pending).
+    #[arg(long, global = true, default_value_t = 200.0)]
+    pub arrival_rate: f64,
+    /// Most logins in progress at once.
+    #[arg(long, global = true, default_value_t = 500)]
+    pub max_pending: usize,
+    /// Seconds a login may take before it counts as failed.
+    #[arg(long, global = true, default_value_t = 30)]
+    pub login_timeout: u64,
+    /// Spread connections over source addresses 127.0.0.1 .. 127.0.0.X (X ≤ 254), so
+    /// more than ~28k connections to one server port do not exhaust ephemeral ports.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_ips: Option<u8>,
+    /// Wait for each reply instead of pipelining negotiation steps.
+    #[arg(long, global = true)]
+    pub no_pipeline: bool,
+    /// Server process ID: its VmRSS is read before and after (RSS per session).
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Write the results as JSON to this file.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Print the results as a Markdown table.
+    #[arg(long, global = true)]
+    pub markdown: bool,
+    /// No progress line on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Commands queued per client before the generator skips that client.
+    #[arg(long, global = true, default_value_t = 64)]
+    pub client_queue: usize,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// N accounts log in at the arrival rate and stay idle; login rate, failures, RSS.
+    Connect(ConnectArgs),
+    /// 1:1 chat messages at a total rate; delivery rate, latency, loss, duplicates.
+    Chat(ChatArgs),
+    /// Status changes fanned out to K-contact rosters; delivery rate and latency.
+    Presence(PresenceArgs),
+    /// Creates mutual roster subscriptions (K contacts each) over XMPP.
+    Provision(ProvisionArgs),
+    /// Multi-user chat (not yet supported by Herald).
+    Muc,
+    /// Message archive queries (not yet supported by Herald).
+    Mam,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// Seconds to stay connected once every login has finished.
+    #[arg(long, default_value_t = 10.0)]
+    pub hold: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Contacts {
+    /// User i writes to user i+1.
+    Ring,
+    /// Each message goes to a random other online user.
+    Random,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChatArgs {
+    /// Messages per second, all senders together.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// How recipients are chosen.
+    #[arg(long, value_enum, default_value = "ring")]
+    pub contacts: Contacts,
+    /// Extra bytes of body per message.
+    #[arg(long, default_value_t = 0)]
+    pub body_size: usize,
+    /// Seconds to wait for outstanding messages after sending stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Skip the roster get at login.
+    #[arg(long)]
+    pub no_roster: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    /// Roster size per user (as provisioned; rounded up to even).
+    #[arg(long, default_value_t = 10)]
+    pub contacts: usize,
+    /// Status changes per second, all users together.
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of status changes.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds to wait for outstanding deliveries after the last change.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+    /// Seconds to wait after all logins before the first change (initial presence
+    /// exchange settles).
+    #[arg(long, default_value_t = 2.0)]
+    pub settle: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProvisionArgs {
+    /// Roster size per user (rounded up to even): user i gets i±1 .. i±K/2 (wrapping).
+    #[arg(long, default_value_t = 10)]
+    pub contacts: usize,
+    /// Users handled at once in each pass.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+}
+
+/// Why `run` could not produce a report at all.
+#[derive(Debug)]
+pub enum RunError {
+    /// Bad options or unreachable target (exit code 2).
+    Usage(String),
+    /// The scenario is not available (exit code 2).
+    Unsupported(String),
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunError::Usage(s) | RunError::Unsupported(s) => f.write_str(s),
+        }
+    }
+}
+
+impl Common {
+    pub fn port(&self) -> u16 {
+        self.port
+            .unwrap_or(if self.direct_tls { 5223 } else { 5222 })
+    }
+
+    /// `(node, password)` of every account.
+    pub fn accounts(&self) -> Vec<(String, String)> {
+        (0..self.users)
+            .map(|i| {
+                let n = self.first + i;
+                let pw = match &self.password {
+                    Some(p) => p.clone(),
+                    None => format!("{}{n}", self.password_prefix),
+                };
+                (format!("{}{n}", self.user_prefix), pw)
+            })
+            .collect()
+    }
+
+    pub fn connect_config(&self) -> Result<xmpp::ConnectConfig, RunError> {
+        let addr: SocketAddr = (self.host.as_str(), self.port())
+            .to_socket_addrs()
+            .map_err(|e| RunError::Usage(format!("cannot resolve {}: {e}", self.host)))?
+            .next()
+            .ok_or_else(|| RunError::Usage(format!("{} has no address", self.host)))?;
+        let source_ips = match self.source_ips {
+            Some(x) => (1..=x)
+                .map(|d| IpAddr::V4(Ipv4Addr::new(127, 0, 0, d)))
+                .collect(),
+            None => Vec::new(),
+        };
+        if self.resource.contains(['<', '>', '&', '\'', '"']) {
+            return Err(RunError::Usage(
+                "--resource: no XML special characters".into(),
+            ));
+        }
+        let tls_name = ServerName::try_from(self.domain.clone()).map_err(|_| {
+            RunError::Usage(format!("--domain {:?} is not a DNS name", self.domain))
+        })?;
+        let bare_jids = Arc::new(
+            self.accounts()
+                .into_iter()
+                .map(|(u, _)| format!("{u}@{}", self.domain))
+                .collect(),
+        );
+        Ok(xmpp::ConnectConfig {
+            addr,
+            domain: self.domain.clone(),
+            direct_tls: self.direct_tls,
+            mech: self.mech,
+            source_ips,
+            pipeline: !self.no_pipeline,
+            resource: self.resource.clone(),
+            tls: xmpp::insecure_tls(),
+            tls_name,
+            bare_jids,
+            run: 0,
+        })
+    }
+
+    pub fn population(&self) -> Result<runner::Population, RunError> {
+        if self.users == 0 {
+            return Err(RunError::Usage("--users must be at least 1".into()));
+        }
+        Ok(runner::Population {
+            cfg: Arc::new(self.connect_config()?),
+            users: self.accounts(),
+            arrival_rate: self.arrival_rate,
+            max_pending: self.max_pending,
+            login_timeout: Duration::from_secs(self.login_timeout),
+            queue: self.client_queue,
+        })
+    }
+}
+
+/// Runs one scenario and returns its report (also written to `--json` if given).
+pub async fn run(cli: Cli) -> Result<Report, RunError> {
+    let c = &cli.common;
+    let mut report = match &cli.cmd {
+        Command::Connect(a) => scenarios::connect(c, a).await?,
+        Command::Chat(a) => scenarios::chat(c, a).await?,
+        Command::Presence(a) => scenarios::presence(c, a).await?,
+        Command::Provision(a) => scenarios::provision(c, a).await?,
+        // TODO(bench): MUC (XEP-0045) join/broadcast and MAM (XEP-0313) query scenarios,
+        // once Herald implements them; until then comparisons cover connect/chat/presence.
+        Command::Muc => {
+            return Err(RunError::Unsupported(
+                "muc: not yet supported by Herald (no XEP-0045 yet)".into(),
+            ))
+        }
+        Command::Mam => {
+            return Err(RunError::Unsupported(
+                "mam: not yet supported by Herald (no XEP-0313 yet)".into(),
+            ))
+        }
+    };
+    report.param("users", c.users as u64);
+    report.param("mech", c.mech.name());
+    report.param("tls", if c.direct_tls { "direct" } else { "starttls" });
+    report.param("arrival_rate", c.arrival_rate);
+    report.param("pipeline", !c.no_pipeline);
+    if let Some(path) = &c.json {
+        let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+        std::fs::write(path, text + "\n")
+            .map_err(|e| RunError::Usage(format!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(report)
+}

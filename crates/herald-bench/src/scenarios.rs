@@ -1,0 +1,864 @@
+//! The scenarios: `connect`, `chat`, `presence` and `provision`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use herald_xml::Element;
+use rand::Rng;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::Semaphore;
+
+use crate::report::Report;
+use crate::runner::{self, Clients, Cmd, Handler, Population, Progress};
+use crate::stats::{now_ns, AtomicBits, Counters, Histogram};
+use crate::xmpp::{self, LoginSteps, Session};
+use crate::{ChatArgs, Common, ConnectArgs, Contacts, PresenceArgs, ProvisionArgs, RunError};
+
+fn server_name(c: &Common) -> String {
+    format!("{}:{} ({})", c.host, c.port(), c.domain)
+}
+
+/// Adds the login metrics every scenario reports, and fails the run on login failures.
+fn login_metrics(r: &mut Report, p: &Progress, users: usize) {
+    let ok = p.logins_ok.load(Ordering::Relaxed);
+    let failed = p.logins_failed.load(Ordering::Relaxed);
+    r.metric("logins_ok", ok, "");
+    r.metric("logins_failed", failed, "");
+    for (kind, n) in p.failures_by_kind() {
+        r.metric(&format!("logins_failed_{kind}"), n, "");
+    }
+    r.metric_f(
+        "login_time_p50",
+        p.login_ms.quantile(0.5) as f64 / 1000.0,
+        "ms",
+    );
+    r.metric_f(
+        "login_time_p99",
+        p.login_ms.quantile(0.99) as f64 / 1000.0,
+        "ms",
+    );
+    r.metric_f("login_time_max", p.login_ms.max() as f64 / 1000.0, "ms");
+    if failed > 0 {
+        r.fail(format!("{failed} of {users} logins failed"));
+    }
+    let dropped = p.dropped.load(Ordering::Relaxed);
+    r.metric("sessions_dropped", dropped, "");
+    if dropped > 0 {
+        r.fail(format!("{dropped} sessions ended unexpectedly"));
+    }
+    for s in p.failure_samples() {
+        r.fail(format!("e.g. {s}"));
+    }
+}
+
+fn latency_metrics(r: &mut Report, h: &Histogram) {
+    let ms = |v: u64| v as f64 / 1000.0;
+    r.metric_f("latency_p50", ms(h.quantile(0.5)), "ms");
+    r.metric_f("latency_p99", ms(h.quantile(0.99)), "ms");
+    r.metric_f("latency_p999", ms(h.quantile(0.999)), "ms");
+    r.metric_f("latency_max", ms(h.max()), "ms");
+    r.metric_f("latency_mean", h.mean() / 1000.0, "ms");
+}
+
+/// A random token that tells this run's messages from leftovers of earlier runs (offline
+/// messages delivered at login).
+fn run_token() -> u32 {
+    rand::thread_rng().gen_range(1..u32::MAX)
+}
+
+// ---------------------------------------------------------------------------------------
+// connect
+
+struct Idle;
+
+impl Handler for Idle {
+    fn on_stanza(&self, _me: usize, _el: &Element) {}
+}
+
+pub async fn connect(c: &Common, a: &ConnectArgs) -> Result<Report, RunError> {
+    let pop = c.population()?;
+    let progress = Arc::new(Progress::default());
+    let _ticker = runner::ticker(progress.clone(), c.quiet);
+    let rss_before = c.server_pid.and_then(runner::rss_kib);
+    let start_ns = now_ns();
+    let t0 = Instant::now();
+    let clients = runner::start(&pop, steps(true), Arc::new(Idle), progress.clone());
+    runner::wait_logins(&progress, pop.len()).await;
+    let all_done = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs_f64(a.hold.max(0.0))).await;
+    let rss_after = c.server_pid.and_then(runner::rss_kib);
+    let online_at_end = progress.online.load(Ordering::Relaxed);
+    clients.shutdown(Duration::from_secs(30)).await;
+
+    let mut r = Report::new("connect", server_name(c));
+    r.param("hold_s", a.hold);
+    let ok = progress.logins_ok.load(Ordering::Relaxed);
+    let last = progress.last_login_ns.load(Ordering::Relaxed);
+    let span = (last.saturating_sub(start_ns) as f64 / 1e9).max(1e-9);
+    r.metric("users", pop.len() as u64, "");
+    r.metric_f(
+        "logins_per_s",
+        if ok > 0 { ok as f64 / span } else { 0.0 },
+        "1/s",
+    );
+    r.metric_f("login_phase", all_done.as_secs_f64(), "s");
+    r.metric("online_after_hold", online_at_end, "");
+    login_metrics(&mut r, &progress, pop.len());
+    rss_metrics(&mut r, rss_before, rss_after, ok);
+    Ok(r)
+}
+
+fn rss_metrics(r: &mut Report, before: Option<u64>, after: Option<u64>, sessions: u64) {
+    if let (Some(b), Some(a)) = (before, after) {
+        r.metric("server_rss_before", b, "KiB");
+        r.metric("server_rss_after", a, "KiB");
+        if sessions > 0 {
+            r.metric_f(
+                "server_rss_per_session",
+                (a as f64 - b as f64) / sessions as f64,
+                "KiB",
+            );
+        }
+    }
+}
+
+fn steps(roster: bool) -> LoginSteps {
+    LoginSteps {
+        roster,
+        presence: true,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The traffic generator shared by chat and presence
+
+#[derive(Default)]
+struct GenStats {
+    issued: u64,
+    enqueued: u64,
+    skipped_backlog: u64,
+    skipped_offline: u64,
+    elapsed: Duration,
+}
+
+/// Issues `total` commands at `rate` per second. `make(seq)` picks the sending user and
+/// the command. A client whose queue is full is skipped (counted), so a slow server
+/// shows up as a lower send rate rather than unbounded queues in the bench.
+async fn generate(
+    clients: &Clients,
+    rate: f64,
+    total: u64,
+    mut make: impl FnMut(u64) -> (usize, Cmd),
+) -> GenStats {
+    let mut g = GenStats::default();
+    let start = Instant::now();
+    let mut iv = tokio::time::interval(Duration::from_millis(1));
+    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while g.issued < total {
+        iv.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
+        while g.issued < due {
+            let (sender, cmd) = make(g.issued);
+            match clients.senders[sender].try_send(cmd) {
+                Ok(()) => g.enqueued += 1,
+                Err(TrySendError::Full(_)) => g.skipped_backlog += 1,
+                Err(TrySendError::Closed(_)) => g.skipped_offline += 1,
+            }
+            g.issued += 1;
+        }
+    }
+    g.elapsed = start.elapsed();
+    g
+}
+
+/// Parses `hb1 RUN SEQ TS rest…`; `None` for anything else.
+fn parse_marker(text: &str) -> Option<(u32, u64, u64, std::str::SplitWhitespace<'_>)> {
+    let mut it = text.split_whitespace();
+    if it.next()? != "hb1" {
+        return None;
+    }
+    let run = it.next()?.parse().ok()?;
+    let seq = it.next()?.parse().ok()?;
+    let ts = it.next()?.parse().ok()?;
+    Some((run, seq, ts, it))
+}
+
+// ---------------------------------------------------------------------------------------
+// chat
+
+struct ChatState {
+    run: u32,
+    progress: Arc<Progress>,
+    sent: AtomicBits,
+    recv: AtomicBits,
+    latency: Histogram,
+    duplicates: AtomicU64,
+    misrouted: AtomicU64,
+    stale: AtomicU64,
+    errors: AtomicU64,
+    unsent: AtomicU64,
+    last_recv_ns: AtomicU64,
+}
+
+impl Handler for ChatState {
+    fn on_stanza(&self, me: usize, el: &Element) {
+        if el.name != "message" {
+            return;
+        }
+        if el.attr("type") == Some("error") {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Some(body) = el.child("body", xmpp::NS_CLIENT) else {
+            return;
+        };
+        let text = body.text();
+        let Some((run, seq, ts, mut rest)) = parse_marker(&text) else {
+            return;
+        };
+        if run != self.run {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _from = rest.next();
+        let to: Option<usize> = rest.next().and_then(|t| t.parse().ok());
+        if to != Some(me) {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.recv.set(seq) {
+            Some(false) => {
+                let now = now_ns();
+                self.latency.record(now.saturating_sub(ts) / 1000);
+                self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
+                self.progress.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(true) => {
+                self.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.misrouted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn on_send(&self, _me: usize, cmd: &Cmd) {
+        if let Cmd::Chat { seq, .. } = cmd {
+            self.sent.set(*seq);
+        }
+    }
+
+    fn on_unsent(&self, _me: usize, _cmd: &Cmd) {
+        self.unsent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+pub async fn chat(c: &Common, a: &ChatArgs) -> Result<Report, RunError> {
+    if !(a.rate > 0.0 && a.duration > 0.0) {
+        return Err(RunError::Usage(
+            "--rate and --duration must be positive".into(),
+        ));
+    }
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
+    let mut pop = c.population()?;
+    let run = run_token();
+    pop.cfg = Arc::new(with_run(&pop, run));
+    let progress = Arc::new(Progress::default());
+    let _ticker = runner::ticker(progress.clone(), c.quiet);
+    let state = Arc::new(ChatState {
+        run,
+        progress: progress.clone(),
+        sent: AtomicBits::new(total),
+        recv: AtomicBits::new(total),
+        latency: Histogram::new(),
+        duplicates: AtomicU64::new(0),
+        misrouted: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        unsent: AtomicU64::new(0),
+        last_recv_ns: AtomicU64::new(0),
+    });
+    let rss_before = c.server_pid.and_then(runner::rss_kib);
+    let clients = runner::start(&pop, steps(!a.no_roster), state.clone(), progress.clone());
+    runner::wait_logins(&progress, pop.len()).await;
+    let online = clients.online_list();
+    let mut r = Report::new("chat", server_name(c));
+    r.param("rate", a.rate);
+    r.param("duration_s", a.duration);
+    r.param(
+        "contacts",
+        match a.contacts {
+            Contacts::Ring => "ring",
+            Contacts::Random => "random",
+        },
+    );
+    r.param("body_size", a.body_size as u64);
+    if online.is_empty() {
+        login_metrics(&mut r, &progress, pop.len());
+        r.fail("no user is online");
+        clients.shutdown(Duration::from_secs(5)).await;
+        return Ok(r);
+    }
+
+    let gen_start_ns = now_ns();
+    let mut rng = rand::thread_rng();
+    let n = online.len();
+    let g = generate(&clients, a.rate, total, |seq| {
+        let pos = (seq % n as u64) as usize;
+        let to = match a.contacts {
+            Contacts::Ring => online[(pos + 1) % n],
+            Contacts::Random if n > 1 => {
+                let mut o = rng.gen_range(0..n - 1);
+                if o >= pos {
+                    o += 1;
+                }
+                online[o]
+            }
+            Contacts::Random => online[pos],
+        };
+        (
+            online[pos],
+            Cmd::Chat {
+                to,
+                seq,
+                pad: a.body_size,
+            },
+        )
+    })
+    .await;
+
+    // Drain: every queued command written (or given up), every written message received.
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain.max(0.0));
+    loop {
+        let written = progress.sent.load(Ordering::Relaxed);
+        let unsent = state.unsent.load(Ordering::Relaxed);
+        let received = progress.received.load(Ordering::Relaxed);
+        if (written + unsent >= g.enqueued && received >= written) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_after = c.server_pid.and_then(runner::rss_kib);
+    clients.shutdown(Duration::from_secs(30)).await;
+
+    let written = state.sent.count();
+    let delivered = progress.received.load(Ordering::Relaxed);
+    let lost = state.sent.count_and_not(&state.recv);
+    let unexpected = state.recv.count_and_not(&state.sent);
+    let duplicates = state.duplicates.load(Ordering::Relaxed);
+    let misrouted = state.misrouted.load(Ordering::Relaxed);
+    let errors = state.errors.load(Ordering::Relaxed);
+    let last = state.last_recv_ns.load(Ordering::Relaxed);
+    let span = (last.saturating_sub(gen_start_ns) as f64 / 1e9).max(g.elapsed.as_secs_f64());
+
+    r.metric("users", pop.len() as u64, "");
+    r.metric("online", n as u64, "");
+    r.metric_f("offered_rate", a.rate, "msg/s");
+    r.metric("messages_planned", total, "");
+    r.metric("messages_sent", written, "");
+    r.metric("skipped_backlog", g.skipped_backlog, "");
+    r.metric("skipped_offline", g.skipped_offline, "");
+    r.metric_f(
+        "send_rate",
+        written as f64 / g.elapsed.as_secs_f64(),
+        "msg/s",
+    );
+    r.metric("delivered", delivered, "");
+    r.metric_f("delivered_per_s", delivered as f64 / span, "msg/s");
+    r.metric("lost", lost, "");
+    r.metric("duplicated", duplicates, "");
+    r.metric("misrouted", misrouted + unexpected, "");
+    r.metric("error_replies", errors, "");
+    r.metric(
+        "unsent_on_disconnect",
+        state.unsent.load(Ordering::Relaxed),
+        "",
+    );
+    r.metric(
+        "stale_from_earlier_runs",
+        state.stale.load(Ordering::Relaxed),
+        "",
+    );
+    latency_metrics(&mut r, &state.latency);
+    login_metrics(&mut r, &progress, pop.len());
+    rss_metrics(&mut r, rss_before, rss_after, n as u64);
+    if lost > 0 {
+        r.fail(format!("{lost} of {written} messages lost"));
+    }
+    if duplicates > 0 {
+        r.fail(format!("{duplicates} messages duplicated"));
+    }
+    if misrouted + unexpected > 0 {
+        r.fail(format!(
+            "{} messages reached the wrong user",
+            misrouted + unexpected
+        ));
+    }
+    if errors > 0 {
+        r.fail(format!("{errors} messages bounced with an error"));
+    }
+    if written == 0 {
+        r.fail("no message was sent");
+    }
+    Ok(r)
+}
+
+/// The population's connection config with this run's token.
+fn with_run(pop: &Population, run: u32) -> xmpp::ConnectConfig {
+    let c = &pop.cfg;
+    xmpp::ConnectConfig {
+        addr: c.addr,
+        domain: c.domain.clone(),
+        direct_tls: c.direct_tls,
+        mech: c.mech,
+        source_ips: c.source_ips.clone(),
+        pipeline: c.pipeline,
+        resource: c.resource.clone(),
+        tls: c.tls.clone(),
+        tls_name: c.tls_name.clone(),
+        bare_jids: c.bare_jids.clone(),
+        run,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Roster topology shared by provision and presence
+
+/// User i's contacts are i±1 .. i±h (wrapping), h = K/2 rounded up, at most (n-1)/2 so
+/// that no contact appears twice.
+#[derive(Clone, Copy)]
+struct Ring {
+    n: usize,
+    h: usize,
+}
+
+impl Ring {
+    fn new(n: usize, k: usize) -> Ring {
+        Ring {
+            n,
+            h: k.div_ceil(2).min(n.saturating_sub(1) / 2),
+        }
+    }
+
+    fn contacts(self, i: usize) -> impl Iterator<Item = usize> {
+        (1..=self.h).flat_map(move |d| [(i + d) % self.n, (i + self.n - d) % self.n])
+    }
+
+    fn is_contact(self, a: usize, b: usize) -> bool {
+        let d = (b + self.n - a) % self.n;
+        d != 0 && (d <= self.h || self.n - d <= self.h)
+    }
+
+    fn size(self) -> usize {
+        2 * self.h
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// presence
+
+struct PresenceState {
+    run: u32,
+    ring: Ring,
+    index: HashMap<String, usize>,
+    progress: Arc<Progress>,
+    sent: AtomicBits,
+    counts: Counters,
+    latency: Histogram,
+    misrouted: AtomicU64,
+    stale: AtomicU64,
+    rosters_incomplete: AtomicU64,
+    last_recv_ns: AtomicU64,
+}
+
+impl Handler for PresenceState {
+    fn on_login(&self, me: usize, s: &Session) {
+        let both = s
+            .roster
+            .iter()
+            .filter(|(j, sub)| {
+                sub == "both"
+                    && self
+                        .index
+                        .get(j.as_str())
+                        .is_some_and(|&o| self.ring.is_contact(me, o))
+            })
+            .count();
+        if both < self.ring.size() {
+            self.rosters_incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_stanza(&self, me: usize, el: &Element) {
+        if el.name != "presence" || el.attr("type").is_some() {
+            return;
+        }
+        let Some(status) = el.child("status", xmpp::NS_CLIENT) else {
+            return;
+        };
+        let text = status.text();
+        let Some((run, seq, ts, _)) = parse_marker(&text) else {
+            return;
+        };
+        if run != self.run {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let from = el.attr("from").map(xmpp::bare).unwrap_or("");
+        match self.index.get(from) {
+            Some(&o) if o == me => return, // our own broadcast echoed back
+            Some(&o) if self.ring.is_contact(me, o) && self.counts.bump(seq) => {}
+            _ => {
+                self.misrouted.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let now = now_ns();
+        self.latency.record(now.saturating_sub(ts) / 1000);
+        self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
+        self.progress.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn on_send(&self, _me: usize, cmd: &Cmd) {
+        if let Cmd::Presence { seq } = cmd {
+            self.sent.set(*seq);
+        }
+    }
+}
+
+pub async fn presence(c: &Common, a: &PresenceArgs) -> Result<Report, RunError> {
+    if !(a.rate > 0.0 && a.duration > 0.0) {
+        return Err(RunError::Usage(
+            "--rate and --duration must be positive".into(),
+        ));
+    }
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
+    let mut pop = c.population()?;
+    let run = run_token();
+    pop.cfg = Arc::new(with_run(&pop, run));
+    let ring = Ring::new(pop.len(), a.contacts);
+    let progress = Arc::new(Progress::default());
+    let _ticker = runner::ticker(progress.clone(), c.quiet);
+    let index = pop
+        .cfg
+        .bare_jids
+        .iter()
+        .enumerate()
+        .map(|(i, j)| (j.clone(), i))
+        .collect();
+    let state = Arc::new(PresenceState {
+        run,
+        ring,
+        index,
+        progress: progress.clone(),
+        sent: AtomicBits::new(total),
+        counts: Counters::new(total),
+        latency: Histogram::new(),
+        misrouted: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        rosters_incomplete: AtomicU64::new(0),
+        last_recv_ns: AtomicU64::new(0),
+    });
+    let rss_before = c.server_pid.and_then(runner::rss_kib);
+    let clients = runner::start(&pop, steps(true), state.clone(), progress.clone());
+    runner::wait_logins(&progress, pop.len()).await;
+    tokio::time::sleep(Duration::from_secs_f64(a.settle.max(0.0))).await;
+    let online = clients.online_list();
+    let mut r = Report::new("presence", server_name(c));
+    r.param("contacts", ring.size() as u64);
+    r.param("rate", a.rate);
+    r.param("duration_s", a.duration);
+    if online.is_empty() {
+        login_metrics(&mut r, &progress, pop.len());
+        r.fail("no user is online");
+        clients.shutdown(Duration::from_secs(5)).await;
+        return Ok(r);
+    }
+    // Expected deliveries per change: the sender's contacts that are online.
+    let expect: Vec<u64> = (0..pop.len())
+        .map(|i| {
+            ring.contacts(i)
+                .filter(|&o| clients.online[o].load(Ordering::Relaxed))
+                .count() as u64
+        })
+        .collect();
+    let n = online.len();
+    let sender_of = |seq: u64| online[(seq % n as u64) as usize];
+    let gen_start_ns = now_ns();
+    let g = generate(&clients, a.rate, total, |seq| {
+        (sender_of(seq), Cmd::Presence { seq })
+    })
+    .await;
+
+    let expected_for_sent = || {
+        (0..total)
+            .filter(|&s| state.sent.get(s))
+            .map(|s| expect[sender_of(s)])
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain.max(0.0));
+    loop {
+        let written = progress.sent.load(Ordering::Relaxed);
+        let received = progress.received.load(Ordering::Relaxed);
+        if (written >= g.enqueued && received >= expected_for_sent()) || Instant::now() >= deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after = c.server_pid.and_then(runner::rss_kib);
+    clients.shutdown(Duration::from_secs(30)).await;
+
+    let (mut changes, mut expected, mut lost, mut dup) = (0u64, 0u64, 0u64, 0u64);
+    for s in (0..total).filter(|&s| state.sent.get(s)) {
+        changes += 1;
+        let e = expect[sender_of(s)];
+        let got = state.counts.get(s);
+        expected += e;
+        lost += e.saturating_sub(got);
+        dup += got.saturating_sub(e);
+    }
+    let delivered = progress.received.load(Ordering::Relaxed);
+    let last = state.last_recv_ns.load(Ordering::Relaxed);
+    let span = (last.saturating_sub(gen_start_ns) as f64 / 1e9).max(g.elapsed.as_secs_f64());
+    let incomplete = state.rosters_incomplete.load(Ordering::Relaxed);
+    let misrouted = state.misrouted.load(Ordering::Relaxed);
+
+    r.metric("users", pop.len() as u64, "");
+    r.metric("online", n as u64, "");
+    r.metric("rosters_incomplete", incomplete, "");
+    r.metric_f("offered_rate", a.rate, "changes/s");
+    r.metric("changes_sent", changes, "");
+    r.metric("skipped_backlog", g.skipped_backlog, "");
+    r.metric("skipped_offline", g.skipped_offline, "");
+    r.metric("deliveries_expected", expected, "");
+    r.metric("delivered", delivered, "");
+    r.metric_f("delivered_per_s", delivered as f64 / span, "presences/s");
+    r.metric("lost", lost, "");
+    r.metric("duplicated", dup, "");
+    r.metric("misrouted", misrouted, "");
+    r.metric(
+        "stale_from_earlier_runs",
+        state.stale.load(Ordering::Relaxed),
+        "",
+    );
+    latency_metrics(&mut r, &state.latency);
+    login_metrics(&mut r, &progress, pop.len());
+    rss_metrics(&mut r, rss_before, rss_after, n as u64);
+    if incomplete > 0 {
+        r.fail(format!(
+            "{incomplete} users lack some of their {} mutual contacts (run `provision` with the same --users and --contacts)",
+            ring.size()
+        ));
+    }
+    if lost > 0 {
+        r.fail(format!("{lost} of {expected} presence deliveries lost"));
+    }
+    if dup > 0 {
+        r.fail(format!("{dup} presence deliveries duplicated"));
+    }
+    if misrouted > 0 {
+        r.fail(format!("{misrouted} presences from non-contacts"));
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// provision
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Everyone asks each contact for a subscription.
+    Subscribe,
+    /// Everyone approves the (stored) requests of its contacts with a lower index, then
+    /// (`upper`) those with a higher index. Two passes, so that the two sides of a pair
+    /// never approve each other at the same moment: both approvals rewrite both roster
+    /// items, and a server that does not serialize those updates can lose one.
+    Approve { upper: bool },
+    /// Everyone fetches the roster and checks every contact is `both`.
+    Verify,
+}
+
+pub async fn provision(c: &Common, a: &ProvisionArgs) -> Result<Report, RunError> {
+    let pop = c.population()?;
+    let ring = Ring::new(pop.len(), a.contacts);
+    let mut r = Report::new("provision", server_name(c));
+    r.param("contacts", ring.size() as u64);
+    r.param("concurrency", a.concurrency as u64);
+    r.metric("users", pop.len() as u64, "");
+    r.metric("contacts_per_user", ring.size() as u64, "");
+    let t0 = Instant::now();
+    for (pass, name) in [
+        (Pass::Subscribe, "subscribe"),
+        (Pass::Approve { upper: false }, "approve_lower"),
+        (Pass::Approve { upper: true }, "approve_upper"),
+        (Pass::Verify, "verify"),
+    ] {
+        let progress = Arc::new(Progress::default());
+        let _ticker = runner::ticker(progress.clone(), c.quiet);
+        if !c.quiet {
+            eprintln!("provision: pass {name}");
+        }
+        let incomplete = Arc::new(AtomicU64::new(0));
+        let sem = Arc::new(Semaphore::new(a.concurrency.max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..pop.len() {
+            let permit = sem.clone().acquire_owned().await;
+            let cfg = pop.cfg.clone();
+            let (user, pw) = pop.users[i].clone();
+            let progress = progress.clone();
+            let incomplete = incomplete.clone();
+            let timeout = pop.login_timeout;
+            tasks.spawn(async move {
+                let _permit = permit;
+                let work = provision_one(&cfg, ring, i, &user, &pw, pass);
+                match tokio::time::timeout(timeout * 2, work).await {
+                    Ok(Ok(complete)) => {
+                        progress.logins_ok.fetch_add(1, Ordering::Relaxed);
+                        if !complete {
+                            incomplete.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Err(e)) => progress.login_failed(&e),
+                    Err(_) => progress.login_failed(&xmpp::LoginError {
+                        kind: xmpp::FailKind::Timeout,
+                        detail: format!("{user}: provisioning took too long"),
+                    }),
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+        let failed = progress.logins_failed.load(Ordering::Relaxed);
+        r.metric(&format!("{name}_failed"), failed, "");
+        if failed > 0 {
+            r.fail(format!("pass {name}: {failed} users failed"));
+            for s in progress.failure_samples() {
+                r.fail(format!("e.g. {s}"));
+            }
+        }
+        if pass == Pass::Verify {
+            let n = incomplete.load(Ordering::Relaxed);
+            r.metric("rosters_incomplete", n, "");
+            if n > 0 {
+                r.fail(format!("{n} rosters are missing mutual contacts"));
+            }
+        }
+    }
+    r.metric_f("elapsed", t0.elapsed().as_secs_f64(), "s");
+    Ok(r)
+}
+
+/// One user's part of a pass. Returns whether the roster is complete (Verify) or true.
+async fn provision_one(
+    cfg: &xmpp::ConnectConfig,
+    ring: Ring,
+    i: usize,
+    user: &str,
+    pw: &str,
+    pass: Pass,
+) -> Result<bool, xmpp::LoginError> {
+    let steps = LoginSteps {
+        roster: pass == Pass::Verify,
+        presence: false,
+    };
+    let mut s = xmpp::login(cfg, i, user, pw, steps).await?;
+    let stream_err = |e: String| xmpp::LoginError {
+        kind: xmpp::FailKind::Stream,
+        detail: format!("{user}: {e}"),
+    };
+    let mut complete = true;
+    let mut out = Vec::new();
+    match pass {
+        Pass::Subscribe | Pass::Approve { .. } => {
+            let (ty, only) = match pass {
+                Pass::Approve { upper } => ("subscribed", Some(upper)),
+                _ => ("subscribe", None),
+            };
+            for o in ring.contacts(i) {
+                if only.is_some_and(|upper| (o > i) != upper) {
+                    continue;
+                }
+                let p = Element::new("presence", xmpp::NS_CLIENT)
+                    .with_attr("to", cfg.bare_jids[o].as_str())
+                    .with_attr("type", ty);
+                xmpp::write_stanza(&p, &mut out);
+            }
+        }
+        Pass::Verify => {
+            let both: Vec<&str> = s
+                .roster
+                .iter()
+                .filter(|(_, sub)| sub == "both")
+                .map(|(j, _)| j.as_str())
+                .collect();
+            complete = ring
+                .contacts(i)
+                .all(|o| both.contains(&cfg.bare_jids[o].as_str()));
+        }
+    }
+    // A round trip after the stanzas: the server has handled them when the reply comes.
+    let ping = Element::new("iq", xmpp::NS_CLIENT)
+        .with_attr("type", "get")
+        .with_attr("id", "barrier")
+        .with_attr("to", cfg.domain.as_str())
+        .with_child(Element::new("ping", xmpp::NS_PING));
+    xmpp::write_stanza(&ping, &mut out);
+    s.io.send(&out)
+        .await
+        .map_err(|e| stream_err(e.to_string()))?;
+    loop {
+        let el = s.io.stanza().await.map_err(stream_err)?;
+        if el.name == "iq" && el.attr("id") == Some("barrier") {
+            break;
+        }
+        if el.name == "iq" {
+            if let Some(reply) = xmpp::iq_reply(&el) {
+                out.clear();
+                xmpp::write_stanza(&reply, &mut out);
+                s.io.send(&out)
+                    .await
+                    .map_err(|e| stream_err(e.to_string()))?;
+            }
+        }
+    }
+    s.close().await;
+    Ok(complete)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_contacts_are_symmetric_and_distinct() {
+        for (n, k) in [(20, 4), (5, 10), (100, 10), (2, 2), (1, 4)] {
+            let ring = Ring::new(n, k);
+            for i in 0..n {
+                let cs: Vec<usize> = ring.contacts(i).collect();
+                let mut d = cs.clone();
+                d.sort();
+                d.dedup();
+                assert_eq!(d.len(), cs.len(), "n={n} k={k} i={i}");
+                assert_eq!(cs.len(), ring.size());
+                for &o in &cs {
+                    assert_ne!(o, i);
+                    assert!(ring.is_contact(i, o) && ring.is_contact(o, i));
+                }
+                let count = (0..n).filter(|&o| ring.is_contact(i, o)).count();
+                assert_eq!(count, ring.size());
+            }
+        }
+    }
+
+    #[test]
+    fn markers() {
+        let (run, seq, ts, mut rest) = parse_marker("hb1 7 42 123 3 4 xxx").unwrap();
+        assert_eq!((run, seq, ts), (7, 42, 123));
+        assert_eq!(rest.next(), Some("3"));
+        assert!(parse_marker("hello").is_none());
+        assert!(parse_marker("hb1 x").is_none());
+    }
+}
