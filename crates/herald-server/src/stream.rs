@@ -146,7 +146,12 @@ impl Conn {
         })
         .await?;
         if n == 0 {
-            return Err(StreamEnd::Closed);
+            // End of the TCP stream without `</stream:stream>`: the connection was lost
+            // (an app killed, a network change), which XEP-0198 may resume.
+            return Err(StreamEnd::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed without closing the stream",
+            )));
         }
         if let Some(pause) = self.rate.take(n) {
             tokio::time::sleep(pause).await;
