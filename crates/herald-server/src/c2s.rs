@@ -705,7 +705,7 @@ fn deliver_out(server: &Server, conn: &mut Conn, session: &mut Session, el: Elem
 enum LoopEnd {
     End(StreamEnd),
     /// A new connection took the session over.
-    Handoff(sm::Handoff),
+    Handoff(Box<sm::Handoff>),
 }
 
 async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
@@ -731,7 +731,7 @@ async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
                 // Takeover of a live connection: the old one is gone for the client.
                 conn.close_with_error(SErr::Conflict, Some("session resumed elsewhere"))
                     .await;
-                h
+                *h
             }
             LoopEnd::End(end) => {
                 let resumable = session.sm.as_ref().is_some_and(|s| s.id.is_some())
@@ -839,7 +839,7 @@ async fn connected(
                     }
                 }
             }
-            h = handoff => if let Some(h) = h { return LoopEnd::Handoff(h); },
+            h = handoff => if let Some(h) = h { return LoopEnd::Handoff(Box::new(h)); },
             _ = crate::stopped(&mut shutdown) => return LoopEnd::End(StreamEnd::Error(SErr::SystemShutdown, None)),
         }
     }

@@ -33,6 +33,7 @@ pub struct Config {
     pub c2s: C2sSection,
     pub auth: AuthSection,
     pub offline: OfflineSection,
+    pub mam: MamSection,
     #[serde(rename = "component")]
     pub components: Vec<ComponentSection>,
     pub log: LogSection,
@@ -185,6 +186,44 @@ impl Default for AuthSection {
     }
 }
 
+/// XEP-0313 message archives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MamSection {
+    /// Archiving default for users who set no preferences: "always", "never" or "roster".
+    pub default: String,
+    /// Days a message is kept; 0 keeps it forever.
+    pub retention_days: u32,
+    /// Per-domain override of `retention_days` (0 = forever), keyed by served domain.
+    pub domain_retention_days: std::collections::BTreeMap<String, u32>,
+    /// Page size when a query gives no RSM `<max/>`.
+    pub default_page_size: usize,
+    /// Largest page a query may ask for; bigger requests are cut to it.
+    pub max_page_size: usize,
+}
+
+impl Default for MamSection {
+    fn default() -> Self {
+        MamSection {
+            default: "always".into(),
+            retention_days: 0,
+            domain_retention_days: Default::default(),
+            default_page_size: 50,
+            max_page_size: 250,
+        }
+    }
+}
+
+impl MamSection {
+    /// Retention for a (normalized) served domain, in days; 0 = forever.
+    pub fn retention_for(&self, domain: &str) -> u32 {
+        self.domain_retention_days
+            .get(domain)
+            .copied()
+            .unwrap_or(self.retention_days)
+    }
+}
+
 impl Default for OfflineSection {
     fn default() -> Self {
         OfflineSection { max_messages: 1000 }
@@ -252,7 +291,7 @@ impl Config {
         })
     }
 
-    pub fn validate(self, file: &str) -> Result<Settings, ConfigError> {
+    pub fn validate(mut self, file: &str) -> Result<Settings, ConfigError> {
         let bad = |key: &str, reason: String| ConfigError::Invalid {
             file: file.to_string(),
             key: key.to_string(),
@@ -423,6 +462,43 @@ impl Config {
             }
             components.push((d.domain().to_string(), c.secret.clone()));
         }
+        if !matches!(self.mam.default.as_str(), "always" | "never" | "roster") {
+            return Err(bad(
+                "mam.default",
+                format!(
+                    "{:?}: expected \"always\", \"never\" or \"roster\"",
+                    self.mam.default
+                ),
+            ));
+        }
+        if self.mam.max_page_size == 0 || self.mam.max_page_size > 10_000 {
+            return Err(bad(
+                "mam.max_page_size",
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if self.mam.default_page_size == 0 || self.mam.default_page_size > self.mam.max_page_size {
+            return Err(bad(
+                "mam.default_page_size",
+                "must be between 1 and mam.max_page_size".into(),
+            ));
+        }
+        let mut retention = std::collections::BTreeMap::new();
+        for (d, days) in &self.mam.domain_retention_days {
+            let norm = Jid::parse(d)
+                .ok()
+                .filter(|j| j.node().is_none() && j.resource().is_none())
+                .map(|j| j.domain().to_string())
+                .filter(|n| domains.contains(n))
+                .ok_or_else(|| {
+                    bad(
+                        "mam.domain_retention_days",
+                        format!("{d:?} is not one of server.domains"),
+                    )
+                })?;
+            retention.insert(norm, *days);
+        }
+        self.mam.domain_retention_days = retention;
         if self.log.level.trim().is_empty() {
             return Err(bad("log.level", "must not be empty".into()));
         }
@@ -459,6 +535,45 @@ mod tests {
         assert_eq!(s.domains, vec!["localhost"]);
         assert!(s.storage_url.starts_with("sqlite://"));
         assert_eq!(s.c2s[0].port(), 5222);
+    }
+
+    #[test]
+    fn mam_section() {
+        let s = Config::load(None).unwrap();
+        assert_eq!(s.raw.mam.default, "always");
+        assert_eq!(s.raw.mam.retention_for("localhost"), 0);
+        let s = check(
+            "[server]\ndomains = [\"a.example\", \"b.example\"]\n\
+             [mam]\ndefault = \"roster\"\nretention_days = 30\n\
+             default_page_size = 20\nmax_page_size = 100\n\
+             domain_retention_days = { \"B.Example\" = 7 }\n",
+        )
+        .unwrap();
+        assert_eq!(s.raw.mam.default, "roster");
+        assert_eq!(s.raw.mam.retention_for("a.example"), 30);
+        assert_eq!(
+            s.raw.mam.retention_for("b.example"),
+            7,
+            "keys are normalized"
+        );
+        for (bad, key) in [
+            ("[mam]\ndefault = \"sometimes\"", "mam.default"),
+            ("[mam]\nmax_page_size = 0", "mam.max_page_size"),
+            ("[mam]\ndefault_page_size = 300", "mam.default_page_size"),
+            (
+                "[mam]\ndomain_retention_days = { \"elsewhere.example\" = 1 }",
+                "mam.domain_retention_days",
+            ),
+        ] {
+            match check(bad) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: expected an error on {key}, got {other:?}"),
+            }
+        }
+        assert!(
+            check("[mam]\nkeep = 1").is_err(),
+            "unknown keys are rejected"
+        );
     }
 
     #[test]

@@ -39,6 +39,10 @@ pub struct Server {
     pub throttle: throttle::AuthThrottle,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
+    /// XEP-0115 capabilities cache and the server's outgoing-IQ tracker.
+    pub caps: ext::caps::Caps,
+    /// XEP-0163 per-owner write serialization.
+    pub pep: ext::pep::Pep,
 }
 
 impl Server {
@@ -166,9 +170,12 @@ pub async fn start(
         throttle,
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        caps: ext::caps::Caps::default(),
+        pep: ext::pep::Pep::default(),
     });
 
     let mut tasks = JoinSet::new();
+    tasks.spawn(ext::mam::retention_task(server.clone()));
     for l in c2s {
         tasks.spawn(accept_loop(server.clone(), l, Kind::C2s));
     }

@@ -79,6 +79,9 @@ async fn to_server(server: &Arc<Server>, el: Element, to: &Jid) {
                 };
                 let reply = ext::server_iq(server, &from, &el, to).await;
                 route(server, reply).await;
+            } else {
+                // Answers to requests the server sent (XEP-0115 disco#info and the like).
+                server.caps.on_response(&el);
             }
         }
         // Messages to the server have no handler yet; RFC 6121 §8.5.1 lets the server drop
@@ -256,7 +259,6 @@ pub async fn message_from_client(
             b
         }
     };
-    ext::message_outbound(server, session, &mut el, &to).await;
     if blocking::blocks(server, session.jid.bare_str(), &to).await {
         // Straight to the sender's session: routed, this error would come "from" the JID the
         // sender blocks and be dropped by the inbound block check.
@@ -270,5 +272,6 @@ pub async fn message_from_client(
         }
         return;
     }
+    ext::message_outbound(server, session, &mut el, &to).await;
     deliver(server, el, &to).await
 }

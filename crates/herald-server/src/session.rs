@@ -38,6 +38,8 @@ pub struct SessionShared {
     pub interested: AtomicBool,
     /// XEP-0280 carbons enabled.
     pub carbons: AtomicBool,
+    /// XEP-0115 capabilities announced in presence (features once resolved).
+    pub caps: Mutex<crate::ext::caps::ClientCaps>,
 }
 
 #[derive(Clone, Debug)]

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use rand::Rng;
 
 use crate::{
+    ArchiveDefault, ArchiveFilter, ArchivePaging, ArchivePrefs, Direction, NewArchived,
     OfflineMessage, Result, RosterItem, Storage, StorageError, StoredCredential, Subscription,
 };
 
@@ -39,6 +40,10 @@ pub async fn run_all(store: Arc<dyn Storage>) {
     private(&cx).await;
     blocking(&cx).await;
     last_activity(&cx).await;
+    archive(&cx).await;
+    archive_concurrency(&cx).await;
+    archive_expiry(&cx).await;
+    archive_prefs(&cx).await;
     delete_account_cascade(&cx).await;
     tracing::info!(backend, "storage conformance passed");
 }
@@ -1080,6 +1085,26 @@ async fn populate(cx: &Cx, user: &str) {
         s.set_last_activity(&owner, 42, "bye").await,
         "populate last",
     );
+    ok(
+        s.append_archive(
+            &owner,
+            &archived("sid-1", "friend@f.example", 1, "<message/>"),
+        )
+        .await,
+        "populate archive",
+    );
+    ok(
+        s.set_archive_prefs(
+            &owner,
+            &ArchivePrefs {
+                default: ArchiveDefault::Roster,
+                always: strings(&["friend@f.example"]),
+                never: strings(&["spam@s.example"]),
+            },
+        )
+        .await,
+        "populate archive prefs",
+    );
 }
 
 async fn assert_populated(cx: &Cx, user: &str, present: bool) {
@@ -1132,6 +1157,18 @@ async fn assert_populated(cx: &Cx, user: &str, present: bool) {
         ok(s.last_activity(&owner).await, "last").is_some(),
         present,
         &check("last activity"),
+    );
+    let page = ok(
+        s.query_archive(&owner, &ArchiveFilter::default(), &page_of(10))
+            .await,
+        "archive",
+    )
+    .expect("no ids named");
+    same(page.items.is_empty(), !present, &check("archive"));
+    same(
+        ok(s.archive_prefs(&owner).await, "prefs").is_some(),
+        present,
+        &check("archive prefs"),
     );
 }
 
@@ -1189,5 +1226,610 @@ async fn delete_account_cascade(cx: &Cx) {
     ok(
         s.store_offline(&victim, "<message/>", 1, 1).await,
         "recreated account has a fresh quota",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Message archive (XEP-0313) and its preferences (XEP-0441)
+
+fn archived<'a>(sid: &'a str, with: &'a str, stamp: i64, stanza: &'a str) -> NewArchived<'a> {
+    NewArchived {
+        stanza_id: sid,
+        with_bare: with,
+        with_resource: "",
+        stamp_micros: stamp,
+        direction: Direction::In,
+        stanza,
+    }
+}
+
+fn page_of(max: usize) -> ArchivePaging {
+    ArchivePaging {
+        max,
+        count_limit: 1000,
+        ..ArchivePaging::default()
+    }
+}
+
+fn sids(items: &[crate::ArchivedMessage]) -> Vec<String> {
+    items.iter().map(|m| m.stanza_id.clone()).collect()
+}
+
+fn sid(i: usize) -> String {
+    format!("s{i:02}")
+}
+
+const BOB: &str = "bob@b.example";
+const CAROL: &str = "carol@c.example";
+
+/// Pages through the whole result set of `filter` with pages of `max`, forwards or
+/// backwards, checking `complete` and the RSM index on each page; returns the stanza ids
+/// in chronological order.
+async fn page_all(
+    cx: &Cx,
+    owner: &str,
+    filter: &ArchiveFilter,
+    max: usize,
+    backwards: bool,
+    check: &str,
+) -> Vec<String> {
+    let s = &*cx.store;
+    let mut got: Vec<Vec<String>> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    for round in 0..1000 {
+        let mut paging = page_of(max);
+        if backwards {
+            paging.from_end = true;
+            paging.before = cursor.clone();
+        } else {
+            paging.after = cursor.clone();
+        }
+        let page = ok(s.query_archive(owner, filter, &paging).await, check)
+            .unwrap_or_else(|| panic!("[{check}] cursor id not found"));
+        assert!(page.items.len() <= max, "[{check}] page larger than max");
+        let ids = sids(&page.items);
+        seen += ids.len();
+        let total = page.count.expect("small archive is counted") as usize;
+        if let Some(first) = page.first_index {
+            let want = if backwards {
+                total - seen
+            } else {
+                seen - ids.len()
+            };
+            same(
+                first as usize,
+                want,
+                &format!("{check}: index of page {round}"),
+            );
+        }
+        let is_last = seen == total;
+        same(
+            page.complete,
+            is_last,
+            &format!("{check}: complete on page {round}"),
+        );
+        if backwards {
+            cursor = page.items.first().map(|m| m.stanza_id.clone());
+        } else {
+            cursor = page.items.last().map(|m| m.stanza_id.clone());
+        }
+        got.push(ids);
+        if page.complete {
+            break;
+        }
+    }
+    if backwards {
+        got.reverse();
+    }
+    got.concat()
+}
+
+async fn archive(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("archivist");
+    let other = cx.jid("archivist2");
+    let none = ArchiveFilter::default();
+
+    let empty =
+        ok(s.query_archive(&owner, &none, &page_of(5)).await, "empty").expect("no ids named");
+    same(empty.items.len(), 0, "empty archive has no items");
+    same(empty.complete, true, "empty archive page is complete");
+    same(empty.count, Some(0), "empty archive count");
+
+    // 23 messages, alternating partners; bob's have resources r0/r1.
+    let mut last_id = 0;
+    for i in 1..=23usize {
+        let with = if i % 2 == 0 { CAROL } else { BOB };
+        let res = if with == BOB {
+            format!("r{}", i % 4 / 2)
+        } else {
+            String::new()
+        };
+        let stanza = format!("<message><body>m{i} ✓ ü</body></message>");
+        let id = ok(
+            s.append_archive(
+                &owner,
+                &NewArchived {
+                    stanza_id: &sid(i),
+                    with_bare: with,
+                    with_resource: &res,
+                    stamp_micros: 1_000 * i as i64,
+                    direction: if i % 3 == 0 {
+                        Direction::Out
+                    } else {
+                        Direction::In
+                    },
+                    stanza: &stanza,
+                },
+            )
+            .await,
+            "append",
+        );
+        assert!(id > last_id, "[archive append] row ids increase");
+        last_id = id;
+    }
+    // Stanza ids are unique per owner only.
+    ok(
+        s.append_archive(&other, &archived(&sid(1), BOB, 5, "<message/>"))
+            .await,
+        "same stanza id, other owner",
+    );
+    match s
+        .append_archive(&owner, &archived(&sid(1), BOB, 99_000, "<message/>"))
+        .await
+    {
+        Err(StorageError::AlreadyExists) => {}
+        other => panic!("[archive duplicate stanza id] expected AlreadyExists, got {other:?}"),
+    }
+
+    let all: Vec<String> = (1..=23).map(sid).collect();
+    let first =
+        ok(s.query_archive(&owner, &none, &page_of(100)).await, "all").expect("no ids named");
+    same(sids(&first.items), all.clone(), "whole archive in order");
+    same(first.complete, true, "whole archive complete");
+    same(first.count, Some(23), "whole archive count");
+    same(first.first_index, Some(0), "whole archive index");
+    let m3 = &first.items[2];
+    same(
+        m3.stanza.as_str(),
+        "<message><body>m3 ✓ ü</body></message>",
+        "stanza round trip",
+    );
+    same(m3.direction, Direction::Out, "direction round trip");
+    same(m3.stamp_micros, 3_000, "stamp round trip");
+    same(m3.with_bare.as_str(), BOB, "with round trip");
+    same(m3.with_resource.as_str(), "r1", "resource round trip");
+
+    // Paging both ways, several page sizes: every message exactly once, in order.
+    for max in [1, 5, 7, 23, 50] {
+        same(
+            page_all(cx, &owner, &none, max, false, "forward").await,
+            all.clone(),
+            &format!("forward paging by {max}"),
+        );
+        same(
+            page_all(cx, &owner, &none, max, true, "backward").await,
+            all.clone(),
+            &format!("backward paging by {max}"),
+        );
+    }
+    let last5 = ok(
+        s.query_archive(
+            &owner,
+            &none,
+            &ArchivePaging {
+                from_end: true,
+                ..page_of(5)
+            },
+        )
+        .await,
+        "last page",
+    )
+    .expect("no ids named");
+    same(
+        sids(&last5.items),
+        all[18..].to_vec(),
+        "last page (before/) items",
+    );
+    same(
+        last5.complete,
+        false,
+        "last page of a longer archive is not complete",
+    );
+    same(last5.first_index, Some(18), "last page index");
+
+    // Filters.
+    let with_bob = ArchiveFilter {
+        with_bare: Some(BOB.into()),
+        ..ArchiveFilter::default()
+    };
+    let bob_ids: Vec<String> = (1..=23).filter(|i| i % 2 == 1).map(sid).collect();
+    same(
+        page_all(cx, &owner, &with_bob, 5, false, "with forward").await,
+        bob_ids.clone(),
+        "with filter forward",
+    );
+    same(
+        page_all(cx, &owner, &with_bob, 4, true, "with backward").await,
+        bob_ids.clone(),
+        "with filter backward",
+    );
+    let bob_r1 = ArchiveFilter {
+        with_bare: Some(BOB.into()),
+        with_resource: Some("r1".into()),
+        ..ArchiveFilter::default()
+    };
+    same(
+        page_all(cx, &owner, &bob_r1, 3, false, "resource").await,
+        (1..=23).filter(|i| i % 4 == 3).map(sid).collect(),
+        "with full JID filter",
+    );
+    let window = ArchiveFilter {
+        start: Some(5_000),
+        end: Some(12_000),
+        ..ArchiveFilter::default()
+    };
+    same(
+        page_all(cx, &owner, &window, 3, false, "time").await,
+        (5..=12).map(sid).collect(),
+        "start/end inclusive",
+    );
+    same(
+        page_all(cx, &owner, &window, 3, true, "time back").await,
+        (5..=12).map(sid).collect(),
+        "start/end inclusive, backwards",
+    );
+    let between = ArchiveFilter {
+        start: Some(5_001),
+        end: Some(5_999),
+        ..ArchiveFilter::default()
+    };
+    let p = ok(s.query_archive(&owner, &between, &page_of(5)).await, "gap").expect("no ids named");
+    same(
+        (p.items.len(), p.complete, p.count),
+        (0, true, Some(0)),
+        "time window without messages",
+    );
+    let future = ArchiveFilter {
+        start: Some(1_000_000),
+        ..ArchiveFilter::default()
+    };
+    let p = ok(
+        s.query_archive(&owner, &future, &page_of(5)).await,
+        "future",
+    )
+    .expect("no ids named");
+    same(p.items.len(), 0, "start after the newest message");
+    let ids = ArchiveFilter {
+        ids: vec![sid(7), sid(3), sid(3)],
+        ..ArchiveFilter::default()
+    };
+    let p = ok(s.query_archive(&owner, &ids, &page_of(5)).await, "ids").expect("known ids");
+    same(
+        sids(&p.items),
+        vec![sid(3), sid(7)],
+        "ids filter, in archive order",
+    );
+    let range = ArchiveFilter {
+        after_id: Some(sid(4)),
+        before_id: Some(sid(9)),
+        with_bare: Some(CAROL.into()),
+        ..ArchiveFilter::default()
+    };
+    same(
+        page_all(cx, &owner, &range, 1, false, "after-id/before-id").await,
+        vec![sid(6), sid(8)],
+        "after-id and before-id (exclusive) with 'with'",
+    );
+    let mut p = page_of(3);
+    p.after = Some(sid(20));
+    let r = ok(s.query_archive(&owner, &none, &p).await, "tail").expect("known id");
+    same(
+        (sids(&r.items), r.complete, r.first_index),
+        (vec![sid(21), sid(22), sid(23)], true, Some(20)),
+        "page reaching the end exactly is complete",
+    );
+
+    // Unknown ids anywhere: not found.
+    for (f, p) in [
+        (
+            ArchiveFilter {
+                ids: vec![sid(1), "nope".into()],
+                ..ArchiveFilter::default()
+            },
+            page_of(5),
+        ),
+        (
+            ArchiveFilter {
+                after_id: Some("nope".into()),
+                ..ArchiveFilter::default()
+            },
+            page_of(5),
+        ),
+        (
+            ArchiveFilter::default(),
+            ArchivePaging {
+                before: Some("nope".into()),
+                from_end: true,
+                ..page_of(5)
+            },
+        ),
+        (
+            ArchiveFilter::default(),
+            ArchivePaging {
+                after: Some("nope".into()),
+                ..page_of(5)
+            },
+        ),
+    ] {
+        same(
+            ok(s.query_archive(&owner, &f, &p).await, "unknown id"),
+            None,
+            "unknown stanza id is not found",
+        );
+    }
+    // Another owner's id is unknown here.
+    ok(
+        s.append_archive(&other, &archived("only-other", BOB, 6, "<message/>"))
+            .await,
+        "other append",
+    );
+    same(
+        ok(
+            s.query_archive(
+                &owner,
+                &ArchiveFilter {
+                    ids: vec!["only-other".into()],
+                    ..ArchiveFilter::default()
+                },
+                &page_of(5),
+            )
+            .await,
+            "foreign id",
+        ),
+        None,
+        "another owner's stanza id is not found",
+    );
+
+    // Count only; bounded counting.
+    let c = ok(s.query_archive(&owner, &none, &page_of(0)).await, "count").expect("no ids");
+    same(
+        (c.items.len(), c.count, c.complete),
+        (0, Some(23), false),
+        "max 0 gives the count",
+    );
+    let c = ok(
+        s.query_archive(
+            &owner,
+            &none,
+            &ArchivePaging {
+                count_limit: 10,
+                ..page_of(2)
+            },
+        )
+        .await,
+        "bounded count",
+    )
+    .expect("no ids");
+    same(
+        (c.count, c.first_index),
+        (None, None),
+        "count above the limit is omitted",
+    );
+    let c = ok(
+        s.query_archive(
+            &owner,
+            &none,
+            &ArchivePaging {
+                count_limit: 0,
+                ..page_of(2)
+            },
+        )
+        .await,
+        "no count",
+    )
+    .expect("no ids");
+    same(c.count, None, "count_limit 0 does not count");
+
+    // The other owner's archive is separate.
+    let o = ok(s.query_archive(&other, &none, &page_of(10)).await, "other").expect("no ids");
+    same(
+        sids(&o.items),
+        strings(&["s01", "only-other"]),
+        "archives are per owner",
+    );
+
+    // A stamp older than the newest is raised to keep time order.
+    ok(
+        s.append_archive(&owner, &archived("late", CAROL, 10, "<message/>"))
+            .await,
+        "late append",
+    );
+    let tail = ok(
+        s.query_archive(
+            &owner,
+            &none,
+            &ArchivePaging {
+                from_end: true,
+                ..page_of(1)
+            },
+        )
+        .await,
+        "late",
+    )
+    .expect("no ids");
+    same(
+        (tail.items[0].stanza_id.as_str(), tail.items[0].stamp_micros),
+        ("late", 23_000),
+        "stamp raised to the newest stamp",
+    );
+}
+
+async fn archive_concurrency(cx: &Cx) {
+    let owner = cx.jid("archconc");
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let store = cx.store.clone();
+        let owner = owner.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25 {
+                let sid = format!("c{t}-{i}");
+                store
+                    .append_archive(&owner, &archived(&sid, BOB, 1_000_000 - i, "<message/>"))
+                    .await
+                    .expect("concurrent append");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("append task");
+    }
+    let page = ok(
+        cx.store
+            .query_archive(&owner, &ArchiveFilter::default(), &page_of(1000))
+            .await,
+        "concurrent read",
+    )
+    .expect("no ids");
+    same(page.items.len(), 100, "concurrent appends all stored");
+    let mut ids = sids(&page.items);
+    ids.sort();
+    ids.dedup();
+    same(ids.len(), 100, "concurrent appends distinct");
+    assert!(
+        page.items
+            .windows(2)
+            .all(|w| w[0].id < w[1].id && w[0].stamp_micros <= w[1].stamp_micros),
+        "[archive concurrency] stamps non-decreasing in id order"
+    );
+}
+
+async fn archive_expiry(cx: &Cx) {
+    let s = &*cx.store;
+    let a = cx.jid("expiring");
+    let b = cx.jid("expiring2");
+    let outside = format!("expiring@other-{}", cx.domain);
+    for (owner, n) in [(&a, 10), (&b, 10), (&outside, 10)] {
+        for i in 1..=n {
+            ok(
+                s.append_archive(owner, &archived(&sid(i), BOB, 100 * i as i64, "<message/>"))
+                    .await,
+                "expiry append",
+            );
+        }
+    }
+    same(
+        ok(s.expire_archive(&a, 401).await, "expire"),
+        4,
+        "expire_archive count",
+    );
+    let left = ok(
+        s.query_archive(&a, &ArchiveFilter::default(), &page_of(100))
+            .await,
+        "after expire",
+    )
+    .expect("no ids");
+    same(
+        sids(&left.items),
+        (5..=10).map(sid).collect(),
+        "expired messages gone",
+    );
+    // 3 of a's, 7 of b's, plus what earlier checks left in this domain.
+    let n = ok(
+        s.expire_archive_domain(&cx.domain, 701).await,
+        "expire domain",
+    );
+    assert!(n >= 10, "[expire_archive_domain count] {n} < 10");
+    let left = ok(
+        s.query_archive(&b, &ArchiveFilter::default(), &page_of(100))
+            .await,
+        "domain expire",
+    )
+    .expect("no ids");
+    same(
+        sids(&left.items),
+        (8..=10).map(sid).collect(),
+        "domain expiry per owner",
+    );
+    let kept = ok(
+        s.query_archive(&outside, &ArchiveFilter::default(), &page_of(100))
+            .await,
+        "outside",
+    )
+    .expect("no ids");
+    same(
+        kept.items.len(),
+        10,
+        "domain expiry leaves other domains (suffix, not substring)",
+    );
+    // An expired id is gone for good.
+    same(
+        ok(
+            s.query_archive(
+                &a,
+                &ArchiveFilter {
+                    after_id: Some(sid(2)),
+                    ..ArchiveFilter::default()
+                },
+                &page_of(5),
+            )
+            .await,
+            "expired id",
+        ),
+        None,
+        "expired stanza id is not found",
+    );
+}
+
+async fn archive_prefs(cx: &Cx) {
+    let s = &*cx.store;
+    let owner = cx.jid("prefs");
+    same(
+        ok(s.archive_prefs(&owner).await, "none"),
+        None,
+        "no prefs at first",
+    );
+    let p = ArchivePrefs {
+        default: ArchiveDefault::Roster,
+        always: strings(&["z@x.example", "a@x.example/res", "both@x.example"]),
+        never: strings(&["both@x.example", "n@x.example"]),
+    };
+    ok(s.set_archive_prefs(&owner, &p).await, "set");
+    same(
+        ok(s.archive_prefs(&owner).await, "get"),
+        Some(ArchivePrefs {
+            default: ArchiveDefault::Roster,
+            always: strings(&["a@x.example/res", "z@x.example"]),
+            never: strings(&["both@x.example", "n@x.example"]),
+        }),
+        "prefs round trip, sorted, never wins",
+    );
+    let p2 = ArchivePrefs {
+        default: ArchiveDefault::Never,
+        always: vec![],
+        never: vec![],
+    };
+    ok(s.set_archive_prefs(&owner, &p2).await, "replace");
+    same(
+        ok(s.archive_prefs(&owner).await, "get2"),
+        Some(p2),
+        "prefs replaced",
+    );
+    for d in [
+        ArchiveDefault::Always,
+        ArchiveDefault::Never,
+        ArchiveDefault::Roster,
+    ] {
+        same(
+            ArchiveDefault::parse(d.as_str()),
+            Some(d),
+            "default spelling",
+        );
+    }
+    same(
+        ok(s.archive_prefs(&cx.jid("prefs2")).await, "other"),
+        None,
+        "prefs are per owner",
     );
 }

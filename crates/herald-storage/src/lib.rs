@@ -3,7 +3,8 @@
 //! # Shape
 //!
 //! The contract is a set of small traits, one per domain ([`AccountStore`], [`RosterStore`],
-//! [`OfflineStore`], [`PrivateStore`], [`BlockStore`], [`LastActivityStore`]), gathered into
+//! [`OfflineStore`], [`PrivateStore`], [`BlockStore`], [`LastActivityStore`],
+//! [`ArchiveStore`]), gathered into
 //! [`Storage`]. Splitting by domain keeps each protocol module honest about what it touches
 //! (a roster module takes `&dyn RosterStore`, not the whole database), keeps each contract
 //! small enough to specify exactly, and leaves room to move one domain elsewhere later (for
@@ -46,9 +47,17 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+pub mod archive;
+mod archive_postgres;
+mod archive_sqlite;
 pub mod conformance;
 pub mod postgres;
 pub mod sqlite;
+
+pub use archive::{
+    ArchiveDefault, ArchiveFilter, ArchivePage, ArchivePaging, ArchivePrefs, ArchiveStore,
+    ArchivedMessage, Direction, NewArchived,
+};
 
 /// Result type of every storage call.
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -246,6 +255,7 @@ pub trait Storage:
     + PrivateStore
     + BlockStore
     + LastActivityStore
+    + ArchiveStore
     + Send
     + Sync
     + 'static
@@ -274,18 +284,26 @@ pub async fn open(url: &str) -> Result<Arc<dyn Storage>> {
     }
 }
 
-/// The one migration file set per backend, embedded at compile time.
-pub(crate) fn migrator(initial_sql: &'static str) -> sqlx::migrate::Migrator {
+/// The migration files of a backend, embedded at compile time: `(version, description,
+/// sql)` in version order.
+pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> sqlx::migrate::Migrator {
     use sqlx::migrate::{Migration, MigrationType, Migrator};
     use std::borrow::Cow;
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            Cow::Borrowed("initial"),
-            MigrationType::Simple,
-            Cow::Borrowed(initial_sql),
-            false,
-        )]),
+        migrations: Cow::Owned(
+            files
+                .iter()
+                .map(|&(version, description, sql)| {
+                    Migration::new(
+                        version,
+                        Cow::Borrowed(description),
+                        MigrationType::Simple,
+                        Cow::Borrowed(sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
         ignore_missing: false,
         locking: true,
         no_tx: false,

@@ -24,7 +24,7 @@ const POOL_SIZE: u32 = 8;
 
 /// A PostgreSQL-backed [`Storage`].
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
 }
 
 impl PostgresStore {
@@ -59,7 +59,18 @@ impl PostgresStore {
             .connect_lazy_with(options);
         // Through the pool rather than the probe connection: `&mut PgConnection` as
         // `Acquire` makes this future non-`Send`, and callers spawn `open`.
-        let migrator = crate::migrator(include_str!("../migrations/postgres/0001_initial.sql"));
+        let migrator = crate::migrator(&[
+            (
+                1,
+                "initial",
+                include_str!("../migrations/postgres/0001_initial.sql"),
+            ),
+            (
+                2,
+                "archive",
+                include_str!("../migrations/postgres/0002_archive.sql"),
+            ),
+        ]);
         migrator.run(&pool).await.map_err(map_migrate_err)?;
         tracing::debug!(%target, "opened postgres store");
         Ok(PostgresStore { pool })
@@ -153,6 +164,9 @@ const OWNER_TABLES: &[&str] = &[
     "private_data",
     "blocklist",
     "last_activity",
+    "archive_prefs",
+    "archive_prefs_jids",
+    "archive",
 ];
 
 #[async_trait]
@@ -192,6 +206,12 @@ impl AccountStore for PostgresStore {
             .map_err(map_err)?
             .rows_affected()
             > 0;
+        // Waits for (and then sees) an archive append in flight for this owner.
+        sqlx::query(crate::archive_postgres::LOCK_OWNER)
+            .bind(&owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         for table in OWNER_TABLES {
             sqlx::query(&format!("DELETE FROM {table} WHERE owner = $1"))
                 .bind(&owner)

@@ -31,7 +31,7 @@ const CHUNK: usize = 500;
 
 /// A SQLite-backed [`Storage`].
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -104,7 +104,18 @@ impl SqliteStore {
     }
 
     async fn migrate(&self) -> Result<()> {
-        let migrator = crate::migrator(include_str!("../migrations/sqlite/0001_initial.sql"));
+        let migrator = crate::migrator(&[
+            (
+                1,
+                "initial",
+                include_str!("../migrations/sqlite/0001_initial.sql"),
+            ),
+            (
+                2,
+                "archive",
+                include_str!("../migrations/sqlite/0002_archive.sql"),
+            ),
+        ]);
         // Two processes opening a fresh file at once may race on the first migration; the
         // loser fails on "table exists" and succeeds on retry, seeing it applied.
         let mut attempt = 0;
@@ -228,6 +239,9 @@ const OWNER_TABLES: &[&str] = &[
     "private_data",
     "blocklist",
     "last_activity",
+    "archive",
+    "archive_prefs",
+    "archive_prefs_jids",
 ];
 
 #[async_trait]

@@ -42,7 +42,13 @@ impl IqHandler for Info {
         if req.set || req.payload.name != "query" {
             return Err(StanzaError::new(Cond::BadRequest));
         }
-        if req.payload.attr("node").is_some() {
+        if let Some(node) = req.payload.attr("node") {
+            // XEP-0060 §5.4: a PEP node of the account.
+            if req.target != Target::Server {
+                return super::pep::disco_node_info(server, req.to, req.from, node)
+                    .await
+                    .map(Some);
+            }
             return Err(StanzaError::new(Cond::ItemNotFound));
         }
         let mut q = Element::new("query", ns::DISCO_INFO);
@@ -60,6 +66,8 @@ impl IqHandler for Info {
                     return Err(StanzaError::new(Cond::ServiceUnavailable));
                 }
                 q.push(identity("account", "registered", None));
+                // XEP-0163 §6: every account is a PEP service.
+                q.push(identity("pubsub", "pep", None));
                 for f in &server.iq.account_features {
                     q.push(feature(f));
                 }
@@ -87,6 +95,11 @@ impl IqHandler for Items {
             && !account_exists(server, &req.to.bare()).await
         {
             return Err(StanzaError::new(Cond::ServiceUnavailable));
+        } else {
+            // XEP-0163 §7.1: the account's PEP nodes the requester may see.
+            for item in super::pep::disco_items(server, req.to, req.from).await {
+                q.push(item);
+            }
         }
         Ok(Some(q))
     }

@@ -6,12 +6,14 @@
 //! string-named hooks that could silently never fire).
 
 pub mod blocking;
+pub mod caps;
 pub mod carbons;
 pub mod csi;
 pub mod disco;
 pub mod last;
 pub mod mam;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -88,6 +90,7 @@ impl IqRegistry {
         offline::register(&mut r);
         carbons::register(&mut r);
         mam::register(&mut r);
+        pep::register(&mut r);
         r.server_features.sort_unstable();
         r.server_features.dedup();
         r.account_features.sort_unstable();

@@ -474,6 +474,8 @@ async fn broadcast(server: &Arc<Server>, session: &mut Session, el: Element) {
     shared.priority.store(priority, Ordering::Release);
     *shared.presence.lock().unwrap_or_else(|p| p.into_inner()) = Some(el.clone());
     shared.available.store(true, Ordering::Release);
+    // XEP-0115 caps, and XEP-0163 last items for what this resource now wants.
+    super::caps::on_presence(server, &session.handle, &el, !was_available).await;
 
     let subscribers = contacts_where(server, &owner, |i| is_from(i.subscription)).await;
     fan_out(server, &el, &subscribers).await;
