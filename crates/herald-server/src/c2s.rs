@@ -45,7 +45,15 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
         _ = crate::stopped(&mut shutdown) => Err(StreamEnd::Error(SErr::SystemShutdown, None)),
     };
     match negotiated {
-        Ok(Negotiated::Bound(bound)) => Box::pin(run_session(&server, conn, bound)).await,
+        // The session gets a task of its own: the negotiation task's state is freed, so a
+        // long-lived idle session costs only what it needs.
+        Ok(Negotiated::Bound(bound)) => {
+            server.live_sessions.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                run_session(&server, conn, bound).await;
+                server.live_sessions.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
         Ok(Negotiated::Resume { jid, previd, h }) => {
             Box::pin(resume(server, conn, jid, previd, h)).await
         }
@@ -69,7 +77,15 @@ async fn resume(server: Arc<Server>, mut conn: Conn, jid: Jid, previd: String, h
         Err(e) => Err(StreamEnd::Io(e)),
     };
     match r {
-        Ok(Negotiated::Bound(bound)) => Box::pin(run_session(&server, conn, bound)).await,
+        // The session gets a task of its own: the negotiation task's state is freed, so a
+        // long-lived idle session costs only what it needs.
+        Ok(Negotiated::Bound(bound)) => {
+            server.live_sessions.fetch_add(1, Ordering::AcqRel);
+            tokio::spawn(async move {
+                run_session(&server, conn, bound).await;
+                server.live_sessions.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
         Ok(Negotiated::Resume { .. }) => {
             finish(
                 &mut conn,
@@ -753,9 +769,20 @@ async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
         resumed(server, &mut conn, &mut session, handoff.h, &mut pending);
         tracing::info!(peer = %conn.peer, jid = %jid, "c2s session resumed");
     };
-    // Unbind first so nothing new is routed here, then announce unavailability and hand
-    // what never reached the client back to the router (other resources or offline
-    // storage) so nothing is lost.
+    Box::pin(end_session(server, session, conn, rx, pending, end)).await;
+}
+
+/// Unbinds first so nothing new is routed here, then announces unavailability and hands
+/// what never reached the client back to the router (other resources or offline storage)
+/// so nothing is lost. Boxed by the caller: its state exists only while a session ends.
+async fn end_session(
+    server: &Arc<Server>,
+    mut session: Session,
+    mut conn: Conn,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut pending: VecDeque<Element>,
+    end: StreamEnd,
+) {
     server.registry.unbind(&session.jid, session.handle.id);
     if let Some(id) = session.sm.as_ref().and_then(|s| s.id.as_deref()) {
         server.registry.forget_resumable(id);
@@ -773,6 +800,7 @@ async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
     for el in leftovers {
         crate::router::reroute_undelivered(server, el).await;
     }
+    let jid = session.jid.clone();
     finish(&mut conn, end, Some(&jid)).await;
 }
 
@@ -816,6 +844,7 @@ async fn connected(
         if let Err(e) = conn.flush().await {
             return LoopEnd::End(StreamEnd::Io(e));
         }
+        conn.release_idle_buffers();
         let handoff = async {
             match session.handoff.as_mut() {
                 Some(h) => h.recv().await,
@@ -830,7 +859,7 @@ async fn connected(
                 for _ in 0..64 {
                     match next {
                         Some(Outbound::Stanza(el)) => deliver_out(server, conn, session, *el),
-                        Some(Outbound::Close(c, t)) => return LoopEnd::End(StreamEnd::Error(c, t)),
+                        Some(Outbound::Close(c)) => return LoopEnd::End(StreamEnd::Error(c.0, c.1)),
                         None => return LoopEnd::End(StreamEnd::Error(SErr::InternalServerError, None)),
                     }
                     match rx.try_recv() {

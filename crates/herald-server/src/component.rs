@@ -140,7 +140,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
             r = conn.read_some() => if let Err(e) = r { break e; },
             m = rx.recv() => match m {
                 Some(Outbound::Stanza(el)) => conn.queue(&el),
-                Some(Outbound::Close(c, t)) => break StreamEnd::Error(c, t),
+                Some(Outbound::Close(c)) => break StreamEnd::Error(c.0, c.1),
                 None => break StreamEnd::Closed,
             },
             _ = crate::stopped(&mut shutdown) => break StreamEnd::Error(SErr::SystemShutdown, None),

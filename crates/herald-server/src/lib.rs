@@ -39,6 +39,8 @@ pub struct Server {
     pub throttle: throttle::AuthThrottle,
     pub started: Instant,
     pub shutdown: watch::Receiver<bool>,
+    /// Session tasks still running (they outlive their accept loop's bookkeeping).
+    pub live_sessions: std::sync::atomic::AtomicUsize,
     /// XEP-0115 capabilities cache and the server's outgoing-IQ tracker.
     pub caps: ext::caps::Caps,
     /// XEP-0163 per-owner write serialization.
@@ -87,6 +89,18 @@ impl Running {
     /// Waits until every listener and session has ended (after the shutdown signal).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
+        // Session tasks close their streams on the same signal; give them the grace period.
+        let grace = Duration::from_secs(self.server.settings.raw.server.shutdown_grace_secs);
+        let deadline = Instant::now() + grace;
+        while self
+            .server
+            .live_sessions
+            .load(std::sync::atomic::Ordering::Acquire)
+            > 0
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -170,6 +184,7 @@ pub async fn start(
         throttle,
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        live_sessions: std::sync::atomic::AtomicUsize::new(0),
         caps: ext::caps::Caps::default(),
         pep: ext::pep::Pep::default(),
     });

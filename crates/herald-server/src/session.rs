@@ -22,8 +22,9 @@ pub enum Outbound {
     /// Boxed so a queue slot is one pointer: tokio allocates channel slots in blocks, and an
     /// idle session's first block is part of its memory budget.
     Stanza(Box<Element>),
-    /// Close the stream with this error (e.g. `conflict` when a new session takes the resource).
-    Close(StreamErrorCondition, Option<String>),
+    /// Close the stream with this error (e.g. `conflict` when a new session takes the
+    /// resource). Boxed to keep a queue slot at 16 bytes.
+    Close(Box<(StreamErrorCondition, Option<String>)>),
 }
 
 /// Presence state other tasks read without messaging the session.
@@ -110,7 +111,7 @@ impl SessionHandle {
     pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {
         let _ = self
             .tx
-            .try_send(Outbound::Close(cond, text.map(str::to_string)));
+            .try_send(Outbound::Close(Box::new((cond, text.map(str::to_string)))));
     }
 
     pub fn is_closed(&self) -> bool {

@@ -205,6 +205,16 @@ impl Conn {
         self.wbuf.extend_from_slice(data);
     }
 
+    /// Gives back buffer memory while the connection waits with nothing half-read or
+    /// unwritten: most sessions are idle most of the time, and the per-session budget is
+    /// 16 KiB. Costs one allocation per active read or write batch.
+    pub fn release_idle_buffers(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
+            self.wbuf = Vec::new();
+        }
+        self.parser.release_idle();
+    }
+
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if !self.wbuf.is_empty() {
             self.io.write_all(&self.wbuf).await?;

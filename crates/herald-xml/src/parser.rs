@@ -217,6 +217,17 @@ impl StreamParser {
         e
     }
 
+    /// Frees the input buffer when everything fed has been parsed, so an idle connection
+    /// holds no buffer. Call it only after `next_event` returned `Ok(None)`.
+    pub fn release_idle(&mut self) {
+        if self.pos >= self.buf.len() && self.buf.capacity() > 0 {
+            self.compact();
+            if self.buf.is_empty() {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
     /// Drops consumed bytes. Called only when waiting for input, at which point what
     /// remains is a single partial token, so each byte is moved at most once.
     fn compact(&mut self) {
