@@ -57,6 +57,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
         Ok(Negotiated::Resume { jid, previd, h }) => {
             Box::pin(resume(server, conn, jid, previd, h)).await
         }
+        Ok(Negotiated::HandedOff) => {}
         Err(end) => finish(&mut conn, end, None).await,
     }
 }
@@ -65,7 +66,15 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct
 /// is none, says so and lets the client bind a new session instead.
 async fn resume(server: Arc<Server>, mut conn: Conn, jid: Jid, previd: String, h: u32) {
     if let Some(slot) = server.registry.resumable(&previd, jid.bare_str()) {
-        match slot.tx.send(sm::Handoff { conn, h }).await {
+        match slot
+            .tx
+            .send(sm::Handoff {
+                conn,
+                h,
+                success: None,
+            })
+            .await
+        {
             Ok(()) => return,
             Err(tokio::sync::mpsc::error::SendError(back)) => conn = back.conn,
         }
@@ -86,7 +95,7 @@ async fn resume(server: Arc<Server>, mut conn: Conn, jid: Jid, previd: String, h
                 server.live_sessions.fetch_sub(1, Ordering::AcqRel);
             });
         }
-        Ok(Negotiated::Resume { .. }) => {
+        Ok(Negotiated::Resume { .. }) | Ok(Negotiated::HandedOff) => {
             finish(
                 &mut conn,
                 stream_error(SErr::PolicyViolation, "one resumption attempt per stream"),
@@ -119,6 +128,10 @@ struct Bound {
     jid: Jid,
     handle: SessionHandle,
     rx: mpsc::Receiver<Outbound>,
+    /// Enabled during negotiation (XEP-0386 Bind 2 inline features).
+    sm: Option<SmState>,
+    handoff: Option<mpsc::Receiver<sm::Handoff>>,
+    csi_inactive: bool,
 }
 
 /// Waits for the client's stream header and answers with ours. Errors found in the header
@@ -276,8 +289,12 @@ async fn negotiate(
         }
         if el.is("auth", ns::SASL) && !require_tls {
             // Unencrypted auth allowed by configuration: fall through with this element.
-            let jid = authenticate(server, conn, &domain, Some(el)).await?;
-            return bind_stage(server, conn, jid).await;
+            return match authenticate(server, conn, &domain, Some(el)).await? {
+                Authed::Legacy(jid) => bind_stage(server, conn, jid).await,
+                Authed::Sasl2 { jid, req, success } => {
+                    sasl2_complete(server, conn, jid, *req, success).await
+                }
+            };
         }
         let text = if el.is("auth", ns::SASL) {
             conn.send(&sasl_failure(
@@ -291,16 +308,173 @@ async fn negotiate(
         };
         return Err(stream_error(SErr::PolicyViolation, text));
     };
-    // Stage 2: SASL.
+    // Stage 2: SASL (RFC 6120 or XEP-0388 SASL2).
     let mut f = features();
-    f.push(mechanisms(server, conn));
+    let mechs = mechanisms(server, conn);
+    f.push(crate::sasl2::feature(conn, &mechs));
+    f.push(mechs);
     if let Some(cb) = channel_binding_types(conn) {
         f.push(cb);
     }
+    if let Some(reg) = ext::register::stream_feature(server, &domain) {
+        f.push(reg);
+    }
     conn.queue_stream_element(&f);
     conn.flush().await?;
-    let jid = authenticate(server, conn, &domain, None).await?;
-    bind_stage(server, conn, jid).await
+    // XEP-0077: in-band registration requests may come before authentication.
+    let mut requests = 0;
+    let first = loop {
+        let el = conn.next_stanza().await?;
+        if !ext::register::is_pre_auth_request(&el) {
+            break el;
+        }
+        requests += 1;
+        if requests > ext::register::PRE_AUTH_MAX_REQUESTS {
+            return Err(stream_error(
+                SErr::PolicyViolation,
+                "too many registration requests",
+            ));
+        }
+        let reply = ext::register::pre_auth(server, conn.peer.ip(), &domain, &el).await;
+        conn.send(&reply).await?;
+    };
+    match authenticate(server, conn, &domain, Some(first)).await? {
+        Authed::Legacy(jid) => bind_stage(server, conn, jid).await,
+        Authed::Sasl2 { jid, req, success } => {
+            sasl2_complete(server, conn, jid, *req, success).await
+        }
+    }
+}
+
+/// What authentication produced.
+enum Authed {
+    /// RFC 6120 SASL: the stream restarts, then the client binds.
+    Legacy(Jid),
+    /// XEP-0388: no restart; `success` is still to be sent, after inline features ran.
+    Sasl2 {
+        jid: Jid,
+        req: Box<crate::sasl2::Request>,
+        success: Element,
+    },
+}
+
+/// XEP-0388 / XEP-0386 / XEP-0484: after a successful SASL2 exchange, hands out a FAST
+/// token if asked, resumes or binds inline, then sends `<success/>` and the features of
+/// the authenticated stream.
+async fn sasl2_complete(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    jid: Jid,
+    req: crate::sasl2::Request,
+    mut success: Element,
+) -> Result<Negotiated, StreamEnd> {
+    use crate::sasl2;
+    if let Some(mech) = req.request_token.as_deref() {
+        if let Some((token, expiry)) =
+            sasl2::issue_token(server, &jid, req.agent.as_deref(), mech).await
+        {
+            success.push(sasl2::token_element(&token, expiry));
+        }
+    }
+    if let Some((previd, h)) = &req.resume {
+        if let Some(slot) = server.registry.resumable(previd, jid.bare_str()) {
+            // The session task writes <success><resumed/></success> on the moved connection.
+            let moved = std::mem::replace(conn, Conn::placeholder(server, conn.peer));
+            let handoff = sm::Handoff {
+                conn: moved,
+                h: *h,
+                success: Some(success.clone()),
+            };
+            match slot.tx.send(handoff).await {
+                Ok(()) => return Ok(Negotiated::HandedOff),
+                Err(tokio::sync::mpsc::error::SendError(back)) => *conn = back.conn,
+            }
+        }
+        success.push(sm::failed("item-not-found", None));
+    }
+    let Some(bind) = req.bind else {
+        conn.queue(&success);
+        conn.queue_stream_element(&post_auth_features());
+        conn.flush().await?;
+        return bind_loop(server, conn, jid).await;
+    };
+    let full = jid
+        .with_resource(&sasl2::resource(bind.tag.as_deref()))
+        .or_else(|_| jid.with_resource(&stream::random_id()))
+        .map_err(|_| stream_error(SErr::InternalServerError, "cannot make a resource"))?;
+    let (tx, rx) = mpsc::channel(server.settings.raw.c2s.outbox_capacity);
+    let handle = SessionHandle::new(server.registry.next_id(), full.clone(), tx);
+    if let Some(old) = server.registry.bind(handle.clone()) {
+        old.close(SErr::Conflict, Some("replaced by a new session"));
+    }
+    handle.shared.carbons.store(bind.carbons, Ordering::Release);
+    let mut bound = Element::new("bound", sasl2::BIND2);
+    let mut sm_state = None;
+    let mut handoff = None;
+    if let Some(resume) = bind.sm {
+        let (enabled, state, rx_h) = enable_sm(server, &full, resume);
+        bound.push(enabled);
+        sm_state = Some(state);
+        handoff = rx_h;
+    }
+    success.push(bound);
+    // The identity is now the full JID (XEP-0386 §3).
+    if let Some(id) = success.child_mut("authorization-identifier", sasl2::NS) {
+        id.children.clear();
+        id.push_text(full.as_str());
+    }
+    conn.queue(&success);
+    conn.queue_stream_element(&features());
+    conn.flush().await?;
+    tracing::info!(peer = %conn.peer, jid = %full, "c2s session bound (bind 2)");
+    Ok(Negotiated::Bound(Bound {
+        jid: full,
+        handle,
+        rx,
+        sm: sm_state,
+        handoff,
+        csi_inactive: bind.csi_inactive.unwrap_or(false),
+    }))
+}
+
+/// Features after authentication, before a resource is bound.
+fn post_auth_features() -> Element {
+    let mut f = features();
+    f.push(Element::new("bind", ns::BIND));
+    f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
+    f.push(Element::new("ver", ns::ROSTER_VER));
+    f.push(Element::new("sub", ns::PRE_APPROVAL));
+    f.push(Element::new("sm", ns::SM));
+    f.push(Element::new("csi", ns::CSI));
+    f
+}
+
+/// XEP-0198 `<enable/>`: the `<enabled/>` answer, the state, and the handoff receiver
+/// when resumption was granted.
+fn enable_sm(
+    server: &Server,
+    jid: &Jid,
+    wants_resume: bool,
+) -> (Element, SmState, Option<mpsc::Receiver<sm::Handoff>>) {
+    let timeout = server.settings.raw.c2s.resume_timeout_secs;
+    let mut enabled = Element::new("enabled", ns::SM);
+    if wants_resume && timeout > 0 {
+        let id = stream::random_id();
+        let (tx, rx) = mpsc::channel(1);
+        server.registry.register_resumable(
+            id.clone(),
+            sm::ResumeSlot {
+                bare: jid.bare_str().to_string(),
+                tx,
+            },
+        );
+        enabled.set_attr("id", id.clone());
+        enabled.set_attr("resume", "true");
+        enabled.set_attr("max", timeout.to_string());
+        (enabled, SmState::new(Some(id)), Some(rx))
+    } else {
+        (enabled, SmState::new(None), None)
+    }
 }
 
 fn mechanisms(server: &Server, conn: &Conn) -> Element {
@@ -366,7 +540,7 @@ async fn authenticate(
     conn: &mut Conn,
     domain: &str,
     first: Option<Element>,
-) -> Result<Jid, StreamEnd> {
+) -> Result<Authed, StreamEnd> {
     let mut pending = first;
     let mut attempts = 0;
     loop {
@@ -374,11 +548,39 @@ async fn authenticate(
             Some(e) => e,
             None => conn.next_stanza().await?,
         };
+        if el.is("authenticate", crate::sasl2::NS) {
+            attempts += 1;
+            match sasl2_exchange(server, conn, domain, &el).await? {
+                Ok(done) => return Ok(done),
+                Err((err, account)) => {
+                    tracing::info!(peer = %conn.peer, account = account.as_deref().unwrap_or(""), reason = err.condition(), "c2s authentication failed (sasl2)");
+                    let text = matches!(err, AuthFail::Throttled)
+                        .then_some("too many failed attempts; try again later");
+                    conn.send(&crate::sasl2::failure(err.condition(), text))
+                        .await?;
+                    if attempts >= MAX_SASL_ATTEMPTS {
+                        return Err(stream_error(
+                            SErr::PolicyViolation,
+                            "too many failed authentication attempts",
+                        ));
+                    }
+                    continue;
+                }
+            }
+        }
         if !el.is("auth", ns::SASL) {
             return Err(stream_error(SErr::NotAuthorized, "authenticate first"));
         }
         attempts += 1;
-        match sasl_exchange(server, conn, domain, &el).await? {
+        let mech = el.attr("mechanism").unwrap_or("").to_string();
+        let initial = match decode_b64(&el) {
+            Ok(d) => d,
+            Err(e) => {
+                conn.send(&sasl_failure(e.condition(), None)).await?;
+                continue;
+            }
+        };
+        match sasl_exchange(server, conn, domain, &mech, initial, ns::SASL).await? {
             Ok((jid, data)) => {
                 let mut success = Element::new("success", ns::SASL);
                 if let Some(d) = data {
@@ -388,7 +590,7 @@ async fn authenticate(
                 conn.flush().await?;
                 conn.reset();
                 tracing::info!(peer = %conn.peer, jid = %jid, "c2s authenticated");
-                return Ok(jid);
+                return Ok(Authed::Legacy(jid));
             }
             Err((err, account)) => {
                 tracing::info!(peer = %conn.peer, account = account.as_deref().unwrap_or(""), reason = err.condition(), "c2s authentication failed");
@@ -408,6 +610,68 @@ async fn authenticate(
                 }
             }
         }
+    }
+}
+
+/// One XEP-0388 exchange: the RFC 6120 mechanisms with SASL2 framing, plus the XEP-0484
+/// HT token mechanisms. On success returns the `<success/>` to send once inline features
+/// have run.
+async fn sasl2_exchange(
+    server: &Arc<Server>,
+    conn: &mut Conn,
+    domain: &str,
+    el: &Element,
+) -> Result<Result<Authed, (AuthFail, Option<String>)>, StreamEnd> {
+    use crate::sasl2;
+    let req = match sasl2::parse(el) {
+        Ok(r) => r,
+        Err(_) => {
+            return Ok(Err((
+                sasl::SaslError::MalformedRequest("bad authenticate").into(),
+                None,
+            )))
+        }
+    };
+    let ip = conn.peer.ip();
+    if sasl2::is_ht(&req.mechanism) {
+        if server.throttle.is_throttled(ip, None) {
+            return Ok(Err((AuthFail::Throttled, None)));
+        }
+        let cb = sasl2::ht_binding(conn, &req.mechanism).map(<[u8]>::to_vec);
+        return Ok(
+            match sasl2::verify_ht(server, cb.as_deref(), domain, &req).await {
+                Some(ok) => {
+                    server.throttle.success(ok.jid.bare_str());
+                    let mut success = sasl2::success(&ok.jid, Some(&ok.additional));
+                    if let Some((t, e)) = &ok.rotated {
+                        success.push(sasl2::token_element(t, *e));
+                    }
+                    tracing::info!(peer = %conn.peer, jid = %ok.jid, "c2s authenticated (fast token)");
+                    Ok(Authed::Sasl2 {
+                        jid: ok.jid,
+                        req: Box::new(req),
+                        success,
+                    })
+                }
+                None => {
+                    server.throttle.failure(ip, None);
+                    Err((sasl::SaslError::NotAuthorized.into(), None))
+                }
+            },
+        );
+    }
+    let initial = req.initial.clone();
+    match sasl_exchange(server, conn, domain, &req.mechanism, initial, sasl2::NS).await? {
+        Ok((jid, data)) => {
+            let success = sasl2::success(&jid, data.as_deref());
+            tracing::info!(peer = %conn.peer, jid = %jid, "c2s authenticated (sasl2)");
+            Ok(Ok(Authed::Sasl2 {
+                jid,
+                req: Box::new(req),
+                success,
+            }))
+        }
+        Err(e) => Ok(Err(e)),
     }
 }
 
@@ -439,14 +703,12 @@ async fn sasl_exchange(
     server: &Arc<Server>,
     conn: &mut Conn,
     domain: &str,
-    auth: &Element,
+    mech: &str,
+    initial: Vec<u8>,
+    // The SASL profile's namespace: challenges and responses are in it (RFC 6120 or SASL2).
+    profile: &'static str,
 ) -> Result<Exchange, StreamEnd> {
     let ip = conn.peer.ip();
-    let mech = auth.attr("mechanism").unwrap_or("");
-    let initial = match decode_b64(auth) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err((e.into(), None))),
-    };
     if server.throttle.is_throttled(ip, None) {
         return Ok(Err((AuthFail::Throttled, None)));
     }
@@ -518,13 +780,13 @@ async fn sasl_exchange(
         None => None,
     };
     let challenge = scram.server_first(cred.as_ref());
-    conn.send(&Element::new("challenge", ns::SASL).with_text(B64.encode(&challenge)))
+    conn.send(&Element::new("challenge", profile).with_text(B64.encode(&challenge)))
         .await?;
     let resp = conn.next_stanza().await?;
-    if resp.is("abort", ns::SASL) {
+    if resp.is("abort", profile) {
         return Ok(Err((sasl::SaslError::Aborted.into(), Some(account))));
     }
-    if !resp.is("response", ns::SASL) {
+    if !resp.is("response", profile) {
         return Err(stream_error(
             SErr::NotAuthorized,
             "expected a SASL response",
@@ -578,7 +840,13 @@ async fn load_creds(server: &Server, jid: &Jid) -> Vec<ScramCredential> {
 /// What negotiation ends in: a new session, or a request to resume an old one.
 enum Negotiated {
     Bound(Bound),
-    Resume { jid: Jid, previd: String, h: u32 },
+    Resume {
+        jid: Jid,
+        previd: String,
+        h: u32,
+    },
+    /// The connection went to the session it resumed (XEP-0388 inline resumption).
+    HandedOff,
 }
 
 async fn bind_stage(
@@ -675,6 +943,9 @@ async fn bind_loop(
             jid: full,
             handle,
             rx,
+            sm: None,
+            handoff: None,
+            csi_inactive: false,
         }));
     }
 }
@@ -729,14 +1000,17 @@ async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
         jid,
         handle,
         mut rx,
+        sm,
+        handoff,
+        csi_inactive,
     } = bound;
     let mut session = Session {
         jid: jid.clone(),
         handle,
         directed: Vec::new(),
-        sm: None,
-        handoff: None,
-        csi: Csi::default(),
+        sm,
+        handoff,
+        csi: Csi::starting(csi_inactive),
         before_reply: std::sync::Mutex::new(Vec::new()),
     };
     let mut conn = conn;
@@ -766,7 +1040,14 @@ async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
             }
         };
         conn = handoff.conn;
-        resumed(server, &mut conn, &mut session, handoff.h, &mut pending);
+        resumed(
+            server,
+            &mut conn,
+            &mut session,
+            handoff.h,
+            handoff.success,
+            &mut pending,
+        );
         tracing::info!(peer = %conn.peer, jid = %jid, "c2s session resumed");
     };
     Box::pin(end_session(server, session, conn, rx, pending, end)).await;
@@ -796,6 +1077,7 @@ async fn end_session(
     while let Ok(Outbound::Stanza(el)) = rx.try_recv() {
         leftovers.push(*el);
     }
+    crate::ext::push::on_session_active(server, &session.jid);
     presence::session_ended(server, &mut session).await;
     for el in leftovers {
         crate::router::reroute_undelivered(server, el).await;
@@ -858,7 +1140,13 @@ async fn connected(
                 // Batch whatever else is already queued into one write.
                 for _ in 0..64 {
                     match next {
-                        Some(Outbound::Stanza(el)) => deliver_out(server, conn, session, *el),
+                        Some(Outbound::Stanza(el)) => {
+                            // XEP-0357 with XEP-0352: an inactive client may be asleep.
+                            if session.csi.inactive && el.name == "message" {
+                                crate::ext::push::on_session_queued(server, &session.jid, &el).await;
+                            }
+                            deliver_out(server, conn, session, *el)
+                        }
                         Some(Outbound::Close(c)) => return LoopEnd::End(StreamEnd::Error(c.0, c.1)),
                         None => return LoopEnd::End(StreamEnd::Error(SErr::InternalServerError, None)),
                     }
@@ -899,6 +1187,8 @@ async fn hibernate(
             h = handoff => return h,
             msg = rx.recv() => match msg {
                 Some(Outbound::Stanza(el)) => {
+                    // XEP-0357: the device is away; wake it.
+                    crate::ext::push::on_session_queued(server, &session.jid, &el).await;
                     pending.push_back(*el);
                     if pending.len() > cap {
                         return None;
@@ -919,8 +1209,10 @@ fn resumed(
     conn: &mut Conn,
     session: &mut Session,
     h: u32,
+    success: Option<Element>,
     pending: &mut VecDeque<Element>,
 ) {
+    crate::ext::push::on_session_active(server, &session.jid);
     let Some(sm) = session.sm.as_mut() else {
         return;
     };
@@ -931,7 +1223,15 @@ fn resumed(
     let resumed = Element::new("resumed", ns::SM)
         .with_attr("h", sm.h_in.to_string())
         .with_attr("previd", sm.id.clone().unwrap_or_default());
-    conn.queue(&resumed);
+    match success {
+        // XEP-0388: resumed inside the SASL2 success, then the features of the stream.
+        Some(mut success) => {
+            success.push(resumed);
+            conn.queue(&success);
+            conn.queue_stream_element(&features());
+        }
+        None => conn.queue(&resumed),
+    }
     for el in sm.unacked.iter() {
         conn.queue(el);
     }
@@ -953,6 +1253,7 @@ async fn handle_client_element(
     }
     if csi::is_csi(&el) {
         if el.name == "active" {
+            crate::ext::push::on_session_active(server, &session.jid);
             for h in session.csi.activate() {
                 emit(conn, session, h);
             }
@@ -977,27 +1278,9 @@ fn stream_management(
     match (el.name.as_str(), session.sm.as_mut()) {
         ("enable", None) => {
             let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
-            let timeout = server.settings.raw.c2s.resume_timeout_secs;
-            let mut enabled = Element::new("enabled", ns::SM);
-            let id = if wants_resume && timeout > 0 {
-                let id = stream::random_id();
-                let (tx, rx) = mpsc::channel(1);
-                server.registry.register_resumable(
-                    id.clone(),
-                    sm::ResumeSlot {
-                        bare: session.jid.bare_str().to_string(),
-                        tx,
-                    },
-                );
-                session.handoff = Some(rx);
-                enabled.set_attr("id", id.clone());
-                enabled.set_attr("resume", "true");
-                enabled.set_attr("max", timeout.to_string());
-                Some(id)
-            } else {
-                None
-            };
-            session.sm = Some(SmState::new(id));
+            let (enabled, state, handoff) = enable_sm(server, &session.jid, wants_resume);
+            session.sm = Some(state);
+            session.handoff = handoff;
             conn.queue(&enabled);
             Ok(())
         }

@@ -36,6 +36,15 @@ pub struct Config {
     pub mam: MamSection,
     #[serde(rename = "component")]
     pub components: Vec<ComponentSection>,
+    /// XEP-0215 STUN/TURN services announced to clients.
+    #[serde(rename = "external_service")]
+    pub external_services: Vec<ExternalServiceSection>,
+    /// XEP-0157 contact addresses in the server's disco#info.
+    pub contact: ContactSection,
+    /// XEP-0077 in-band registration.
+    pub registration: RegistrationSection,
+    /// XEP-0357 push notifications.
+    pub push: PushSection,
     pub log: LogSection,
 }
 
@@ -126,6 +135,143 @@ pub struct OfflineSection {
 pub struct ComponentSection {
     pub domain: String,
     pub secret: String,
+}
+
+/// One `[[external_service]]`: a STUN/TURN server announced with XEP-0215.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalServiceSection {
+    /// "stun", "turn" or "turns".
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub host: String,
+    pub port: u16,
+    /// "udp" or "tcp"; omitted from the announcement when unset.
+    #[serde(default)]
+    pub transport: Option<String>,
+    /// Human-readable label.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Announce that credentials are needed (XEP-0215 `restricted`).
+    #[serde(default)]
+    pub restricted: bool,
+    /// Shared secret of the TURN REST API: time-limited credentials are derived from it.
+    #[serde(default)]
+    pub secret: Option<String>,
+    /// Lifetime of derived credentials.
+    #[serde(default = "default_ttl_secs")]
+    pub ttl_secs: u64,
+    /// Static credentials (instead of `secret`).
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_ttl_secs() -> u64 {
+    86_400
+}
+
+/// XEP-0157 address lists (URIs such as `mailto:`, `xmpp:`, `https:`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactAddresses {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+}
+
+impl ContactAddresses {
+    /// `(XEP-0157 field var, addresses)` in registry order.
+    pub fn fields(&self) -> [(&'static str, &[String]); 7] {
+        [
+            ("abuse-addresses", &self.abuse),
+            ("admin-addresses", &self.admin),
+            ("feedback-addresses", &self.feedback),
+            ("sales-addresses", &self.sales),
+            ("security-addresses", &self.security),
+            ("status-addresses", &self.status),
+            ("support-addresses", &self.support),
+        ]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields().iter().all(|(_, v)| v.is_empty())
+    }
+}
+
+/// `[contact]`: addresses for every domain, and `[contact.domain."example.org"]` tables
+/// that replace them for one served domain.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContactSection {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub sales: Vec<String>,
+    pub security: Vec<String>,
+    pub status: Vec<String>,
+    pub support: Vec<String>,
+    pub domain: std::collections::BTreeMap<String, ContactAddresses>,
+}
+
+impl ContactSection {
+    /// The addresses announced for a (normalized) served domain.
+    pub fn for_domain(&self, domain: &str) -> ContactAddresses {
+        match self.domain.get(domain) {
+            Some(a) => a.clone(),
+            None => ContactAddresses {
+                abuse: self.abuse.clone(),
+                admin: self.admin.clone(),
+                feedback: self.feedback.clone(),
+                sales: self.sales.clone(),
+                security: self.security.clone(),
+                status: self.status.clone(),
+                support: self.support.clone(),
+            },
+        }
+    }
+}
+
+/// XEP-0077 in-band registration; off unless a domain is listed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationSection {
+    /// Served domains where in-band registration (and password change/removal) is on.
+    pub enabled_domains: Vec<String>,
+    /// "open" (any free name) or "allowlist" (only names in `allowlist`).
+    pub mode: String,
+    /// Localparts that may be registered in "allowlist" mode.
+    pub allowlist: Vec<String>,
+    /// Accounts one client IP may create per window.
+    pub max_per_ip: u32,
+    pub window_secs: u64,
+    /// Shortest password accepted for new accounts and password changes.
+    pub min_password_length: usize,
+}
+
+impl Default for RegistrationSection {
+    fn default() -> Self {
+        RegistrationSection {
+            enabled_domains: Vec::new(),
+            mode: "open".into(),
+            allowlist: Vec::new(),
+            max_per_ip: 3,
+            window_secs: 600,
+            min_password_length: 8,
+        }
+    }
+}
+
+impl RegistrationSection {
+    /// Whether registration is on for a (normalized) served domain.
+    pub fn enabled_for(&self, domain: &str) -> bool {
+        self.enabled_domains.iter().any(|d| d == domain)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -222,6 +368,18 @@ impl MamSection {
             .copied()
             .unwrap_or(self.retention_days)
     }
+}
+
+/// XEP-0357 push notifications to App Servers the users register.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    /// Put the message body into notifications (it then passes through the App Server and
+    /// the platform's push service). Off: only the count and the sender.
+    pub include_body: bool,
+    /// At most one notification per registration per this many seconds; messages in
+    /// between are folded into one trailing notification. 0: one per message.
+    pub min_interval_secs: u64,
 }
 
 impl Default for OfflineSection {
@@ -499,6 +657,158 @@ impl Config {
             retention.insert(norm, *days);
         }
         self.mam.domain_retention_days = retention;
+        let served = |key: &str, d: &str| -> Result<String, ConfigError> {
+            Jid::parse(d)
+                .ok()
+                .filter(|j| j.node().is_none() && j.resource().is_none())
+                .map(|j| j.domain().to_string())
+                .filter(|n| domains.contains(n))
+                .ok_or_else(|| bad(key, format!("{d:?} is not one of server.domains")))
+        };
+        for (i, s) in self.external_services.iter().enumerate() {
+            let key = format!("external_service[{i}]");
+            if !matches!(s.kind.as_str(), "stun" | "turn" | "turns") {
+                return Err(bad(
+                    &key,
+                    format!(
+                        "type {:?}: expected \"stun\", \"turn\" or \"turns\"",
+                        s.kind
+                    ),
+                ));
+            }
+            if s.host.is_empty() || s.host.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(bad(
+                    &key,
+                    format!("host {:?} is not a host name or IP address", s.host),
+                ));
+            }
+            if s.port == 0 {
+                return Err(bad(&key, "port must be between 1 and 65535".into()));
+            }
+            if let Some(t) = &s.transport {
+                if !matches!(t.as_str(), "udp" | "tcp") {
+                    return Err(bad(
+                        &key,
+                        format!("transport {t:?}: expected \"udp\" or \"tcp\""),
+                    ));
+                }
+            }
+            if s.username.is_some() != s.password.is_some() {
+                return Err(bad(
+                    &key,
+                    "username and password must be set together".into(),
+                ));
+            }
+            if let Some(secret) = &s.secret {
+                if s.username.is_some() {
+                    return Err(bad(
+                        &key,
+                        "set either secret (time-limited credentials) or username/password, not both"
+                            .into(),
+                    ));
+                }
+                if secret.len() < 16 {
+                    return Err(bad(&key, "secret must be at least 16 characters".into()));
+                }
+            }
+            if !(60..=30 * 86_400).contains(&s.ttl_secs) {
+                return Err(bad(
+                    &key,
+                    "ttl_secs must be between 60 and 2592000 (30 days)".into(),
+                ));
+            }
+            if s.restricted && s.secret.is_none() && s.username.is_none() {
+                return Err(bad(
+                    &key,
+                    "restricted = true needs credentials: set secret or username/password".into(),
+                ));
+            }
+        }
+        let check_uris = |key: &str, a: &ContactAddresses| -> Result<(), ConfigError> {
+            for (field, list) in a.fields() {
+                for uri in list {
+                    if !is_uri(uri) {
+                        return Err(bad(
+                            key,
+                            format!(
+                                "{}: {uri:?} is not a URI (e.g. \"mailto:abuse@example.org\", \"xmpp:admin@example.org\", \"https://example.org/contact\")",
+                                field.trim_end_matches("-addresses")
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        };
+        check_uris("contact", &self.contact.for_domain(""))?;
+        let mut contact_domains = std::collections::BTreeMap::new();
+        for (d, a) in &self.contact.domain {
+            let norm = served("contact.domain", d)?;
+            check_uris(&format!("contact.domain.{norm}"), a)?;
+            contact_domains.insert(norm, a.clone());
+        }
+        self.contact.domain = contact_domains;
+        let mut enabled = Vec::new();
+        for d in &self.registration.enabled_domains {
+            let norm = served("registration.enabled_domains", d)?;
+            if !enabled.contains(&norm) {
+                enabled.push(norm);
+            }
+        }
+        self.registration.enabled_domains = enabled;
+        match self.registration.mode.as_str() {
+            "open" | "allowlist" => {}
+            "invite" => {
+                return Err(bad(
+                    "registration.mode",
+                    "\"invite\" is not supported yet; use \"open\" or \"allowlist\"".into(),
+                ))
+            }
+            other => {
+                return Err(bad(
+                    "registration.mode",
+                    format!("{other:?}: expected \"open\" or \"allowlist\""),
+                ))
+            }
+        }
+        let mut allow = Vec::new();
+        for name in &self.registration.allowlist {
+            let norm = Jid::new(Some(name), &domains[0], None)
+                .ok()
+                .and_then(|j| j.node().map(str::to_string))
+                .ok_or_else(|| {
+                    bad(
+                        "registration.allowlist",
+                        format!("{name:?} is not a valid username (localpart)"),
+                    )
+                })?;
+            allow.push(norm);
+        }
+        self.registration.allowlist = allow;
+        if self.registration.mode == "allowlist" && self.registration.allowlist.is_empty() {
+            return Err(bad(
+                "registration.allowlist",
+                "mode = \"allowlist\" needs at least one name".into(),
+            ));
+        }
+        if self.registration.max_per_ip == 0 || self.registration.window_secs == 0 {
+            return Err(bad(
+                "registration.max_per_ip",
+                "max_per_ip and window_secs must be above 0".into(),
+            ));
+        }
+        if !(1..=1024).contains(&self.registration.min_password_length) {
+            return Err(bad(
+                "registration.min_password_length",
+                "must be between 1 and 1024".into(),
+            ));
+        }
+        if self.push.min_interval_secs > 3600 {
+            return Err(bad(
+                "push.min_interval_secs",
+                "must be at most 3600 (an hour)".into(),
+            ));
+        }
         if self.log.level.trim().is_empty() {
             return Err(bad("log.level", "must not be empty".into()));
         }
@@ -513,6 +823,18 @@ impl Config {
             components,
         })
     }
+}
+
+/// RFC 3986 `scheme ":" rest`, without whitespace.
+fn is_uri(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once(':') else {
+        return false;
+    };
+    let mut chars = scheme.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        && !rest.is_empty()
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 impl Settings {
@@ -535,6 +857,27 @@ mod tests {
         assert_eq!(s.domains, vec!["localhost"]);
         assert!(s.storage_url.starts_with("sqlite://"));
         assert_eq!(s.c2s[0].port(), 5222);
+    }
+
+    #[test]
+    fn push_section() {
+        let s = Config::load(None).unwrap();
+        assert!(
+            !s.raw.push.include_body,
+            "bodies stay out of pushes by default"
+        );
+        assert_eq!(s.raw.push.min_interval_secs, 0);
+        let s = check("[push]\ninclude_body = true\nmin_interval_secs = 30\n").unwrap();
+        assert!(s.raw.push.include_body);
+        assert_eq!(s.raw.push.min_interval_secs, 30);
+        match check("[push]\nmin_interval_secs = 7200") {
+            Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "push.min_interval_secs"),
+            other => panic!("expected an error on push.min_interval_secs, got {other:?}"),
+        }
+        assert!(
+            check("[push]\nbody = true").is_err(),
+            "unknown keys are rejected"
+        );
     }
 
     #[test]
@@ -574,6 +917,85 @@ mod tests {
             check("[mam]\nkeep = 1").is_err(),
             "unknown keys are rejected"
         );
+    }
+
+    #[test]
+    fn extras_sections() {
+        let s = check(
+            "[server]\ndomains = [\"a.example\", \"b.example\"]\n\
+             [[external_service]]\ntype = \"turn\"\nhost = \"turn.a.example\"\nport = 3478\n\
+             transport = \"udp\"\nsecret = \"0123456789abcdef\"\n\
+             [contact]\nabuse = [\"mailto:abuse@a.example\"]\n\
+             [contact.domain.\"B.Example\"]\nadmin = [\"xmpp:admin@b.example\"]\n\
+             [registration]\nenabled_domains = [\"A.example\"]\nmode = \"allowlist\"\n\
+             allowlist = [\"Alice\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.raw.external_services[0].ttl_secs, 86_400);
+        assert_eq!(s.raw.contact.for_domain("a.example").abuse.len(), 1);
+        let b = s.raw.contact.for_domain("b.example");
+        assert!(
+            b.abuse.is_empty() && b.admin.len() == 1,
+            "override replaces"
+        );
+        assert!(s.raw.registration.enabled_for("a.example"));
+        assert!(!s.raw.registration.enabled_for("b.example"));
+        assert_eq!(s.raw.registration.allowlist, vec!["alice"]);
+        let d = Config::load(None).unwrap();
+        assert!(
+            d.raw.registration.enabled_domains.is_empty(),
+            "off by default"
+        );
+        let svc = "[[external_service]]\ntype = \"turn\"\nhost = \"h\"\nport = 3478\n";
+        for (bad, key) in [
+            (
+                "[[external_service]]\ntype = \"ftp\"\nhost = \"h\"\nport = 1".to_string(),
+                "external_service[0]",
+            ),
+            (format!("{svc}transport = \"sctp\""), "external_service[0]"),
+            (format!("{svc}secret = \"short\""), "external_service[0]"),
+            (format!("{svc}username = \"u\""), "external_service[0]"),
+            (format!("{svc}restricted = true"), "external_service[0]"),
+            (
+                format!("{svc}secret = \"0123456789abcdef\"\nttl_secs = 1"),
+                "external_service[0]",
+            ),
+            (
+                format!("{svc}secret = \"0123456789abcdef\"\nusername = \"u\"\npassword = \"p\""),
+                "external_service[0]",
+            ),
+            ("[contact]\nabuse = [\"abuse@example\"]".into(), "contact"),
+            (
+                "[contact.domain.\"other.example\"]\nabuse = [\"mailto:x@y\"]".into(),
+                "contact.domain",
+            ),
+            (
+                "[registration]\nenabled_domains = [\"other.example\"]".into(),
+                "registration.enabled_domains",
+            ),
+            (
+                "[registration]\nmode = \"invite\"".into(),
+                "registration.mode",
+            ),
+            (
+                "[registration]\nmode = \"allowlist\"".into(),
+                "registration.allowlist",
+            ),
+            (
+                "[registration]\nallowlist = [\"a@b\"]".into(),
+                "registration.allowlist",
+            ),
+            (
+                "[registration]\nmax_per_ip = 0".into(),
+                "registration.max_per_ip",
+            ),
+        ] {
+            match check(&bad) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: expected an error on {key}, got {other:?}"),
+            }
+        }
+        assert!(check("[[external_service]]\ntype = \"turn\"\nhost = \"h\"").is_err());
     }
 
     #[test]

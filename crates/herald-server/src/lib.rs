@@ -11,6 +11,7 @@ pub mod config;
 pub mod ext;
 pub mod http;
 pub mod router;
+pub mod sasl2;
 pub mod session;
 pub mod sm;
 pub mod stream;
@@ -45,6 +46,10 @@ pub struct Server {
     pub caps: ext::caps::Caps,
     /// XEP-0163 per-owner write serialization.
     pub pep: ext::pep::Pep,
+    /// XEP-0357 per-owner write serialization, publishes awaiting answers, throttling.
+    pub push: ext::push::Push,
+    /// XEP-0077 accounts created per client IP.
+    pub registrations: ext::register::RateLimit,
 }
 
 impl Server {
@@ -187,6 +192,8 @@ pub async fn start(
         live_sessions: std::sync::atomic::AtomicUsize::new(0),
         caps: ext::caps::Caps::default(),
         pep: ext::pep::Pep::default(),
+        push: ext::push::Push::default(),
+        registrations: ext::register::RateLimit::default(),
     });
 
     let mut tasks = JoinSet::new();

@@ -128,8 +128,11 @@ async fn deliver_to_user(server: &Arc<Server>, el: Element, to: &Jid) {
                 let Some(from) = from else { return };
                 let reply = ext::account_iq(server, &from, &el, to).await;
                 route(server, reply).await;
+            } else {
+                // Results and errors to a bare JID have no session to go to: dropped
+                // (§8.5.2.1.3), except answers to the server's XEP-0357 publishes.
+                ext::push::on_iq_response(server, &el).await;
             }
-            // Results and errors to a bare JID have no session to go to: dropped (§8.5.2.1.3).
         }
         _ => {
             let mut el = el;

@@ -20,6 +20,8 @@ pub struct Handoff {
     pub conn: Conn,
     /// The client's count of stanzas it handled from us.
     pub h: u32,
+    /// XEP-0388 inline resumption: the SASL2 `<success/>` that must carry `<resumed/>`.
+    pub success: Option<herald_xml::Element>,
 }
 
 /// Where the resumption id of a session leads: the task owning it.

@@ -114,6 +114,11 @@ impl Conn {
         }
     }
 
+    /// A connection with no transport, left behind when the real one moves to another task.
+    pub fn placeholder(server: &Server, peer: SocketAddr) -> Conn {
+        Conn::new(server, Box::new(tokio::io::duplex(1).0), peer)
+    }
+
     /// Starts a fresh parser (RFC 6120 §4.3.3: after TLS and SASL the stream restarts).
     pub fn reset(&mut self) {
         self.parser = new_parser(self.limits);

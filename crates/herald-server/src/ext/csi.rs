@@ -28,6 +28,14 @@ fn holdable(el: &Element) -> bool {
 }
 
 impl Csi {
+    /// A session's initial state (XEP-0386 lets a client start inactive).
+    pub fn starting(inactive: bool) -> Csi {
+        Csi {
+            inactive,
+            held: Vec::new(),
+        }
+    }
+
     pub fn filter(&mut self, el: Element, max_held: usize) -> Verdict {
         if !self.inactive {
             return Verdict::Send(el);

@@ -1,5 +1,9 @@
 //! XEP-0030: Service Discovery — the server identity (`server/im`) with every feature the
 //! registered modules announce, components as items, and account identities.
+//!
+//! Features that depend on configuration, and XEP-0128 extension forms, come from
+//! [`ServerInfoFn`] contributors that modules add to `IqRegistry::server_info`; they are
+//! asked per served domain on each request (configuration is fixed while running).
 
 use std::sync::Arc;
 
@@ -17,6 +21,31 @@ pub fn register(r: &mut IqRegistry) {
     r.server_features.push(ns::DISCO_INFO);
     r.server_features.push(ns::DISCO_ITEMS);
     r.account_features.push(ns::DISCO_INFO);
+}
+
+/// What a module adds to the server's disco#info for one served domain.
+#[derive(Default)]
+pub struct ServerInfo {
+    /// Features enabled only by configuration (e.g. per domain).
+    pub features: Vec<&'static str>,
+    /// XEP-0128 extended information: `jabber:x:data` forms of type `result`, at most one
+    /// per FORM_TYPE.
+    pub forms: Vec<Element>,
+}
+
+/// A module's contribution to the server's disco#info for `domain`.
+pub type ServerInfoFn = fn(&Server, &str, &mut ServerInfo);
+
+/// A `jabber:x:data` result form with its hidden FORM_TYPE (XEP-0068).
+pub fn result_form(form_type: &str) -> Element {
+    Element::new("x", ns::DATA_FORMS)
+        .with_attr("type", "result")
+        .with_child(
+            Element::new("field", ns::DATA_FORMS)
+                .with_attr("var", "FORM_TYPE")
+                .with_attr("type", "hidden")
+                .with_child(Element::new("value", ns::DATA_FORMS).with_text(form_type)),
+        )
 }
 
 struct Info;
@@ -55,8 +84,19 @@ impl IqHandler for Info {
         match req.target {
             Target::Server => {
                 q.push(identity("server", "im", Some("Herald")));
-                for f in &server.iq.server_features {
+                let mut extra = ServerInfo::default();
+                for contribute in &server.iq.server_info {
+                    contribute(server, req.to.domain(), &mut extra);
+                }
+                let mut features: Vec<&str> = server.iq.server_features.clone();
+                features.extend(extra.features);
+                features.sort_unstable();
+                features.dedup();
+                for f in features {
                     q.push(feature(f));
+                }
+                for form in extra.forms {
+                    q.push(form);
                 }
             }
             Target::OwnAccount | Target::OtherAccount => {

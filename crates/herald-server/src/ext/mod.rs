@@ -5,11 +5,15 @@
 //! message and presence processing call the modules' functions directly (typed calls, no
 //! string-named hooks that could silently never fire).
 
+pub mod avatar;
 pub mod blocking;
+pub mod bookmarks;
 pub mod caps;
 pub mod carbons;
+pub mod contact_info;
 pub mod csi;
 pub mod disco;
+pub mod extdisco;
 pub mod last;
 pub mod mam;
 pub mod offline;
@@ -17,6 +21,8 @@ pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod push;
+pub mod register;
 pub mod roster;
 pub mod time;
 pub mod vcard;
@@ -68,6 +74,8 @@ pub struct IqRegistry {
     handlers: HashMap<&'static str, Arc<dyn IqHandler>>,
     pub server_features: Vec<&'static str>,
     pub account_features: Vec<&'static str>,
+    /// Configuration-dependent additions to the server's disco#info (features, forms).
+    pub server_info: Vec<disco::ServerInfoFn>,
 }
 
 impl IqRegistry {
@@ -91,6 +99,12 @@ impl IqRegistry {
         carbons::register(&mut r);
         mam::register(&mut r);
         pep::register(&mut r);
+        push::register(&mut r);
+        bookmarks::register(&mut r);
+        avatar::register(&mut r);
+        extdisco::register(&mut r);
+        contact_info::register(&mut r);
+        register::register(&mut r);
         r.server_features.sort_unstable();
         r.server_features.dedup();
         r.account_features.sort_unstable();

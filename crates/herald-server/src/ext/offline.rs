@@ -46,7 +46,7 @@ pub async fn store(server: &Arc<Server>, mut el: Element, to: &Jid) {
         .store_offline(to.bare_str(), &stored, micros, quota)
         .await
     {
-        Ok(_) => {}
+        Ok(_) => super::push::on_offline(server, &to.bare(), &el).await,
         Err(StorageError::QuotaExceeded) => {
             let err = StanzaError::new(Cond::ServiceUnavailable)
                 .with_type(herald_core::ErrorType::Wait)

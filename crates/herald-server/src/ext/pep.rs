@@ -18,10 +18,9 @@
 //! own account and of every contact whose presence it receives. With only local users that
 //! is the same moment its presence reaches those owners; s2s will need the owner-side hook.
 //!
-//! TODO(XEP-0398/XEP-0153): on a vcard-temp set with PHOTO, publish `urn:xmpp:avatar:data`
-//! and `:metadata` (SHA-1 of the image as item id) from vcard.rs; when `urn:xmpp:avatar:
-//! metadata` is published here, remember the hash and have presence.rs add
-//! `<x xmlns='vcard-temp:x:update'><photo>hash</photo></x>` to the user's broadcasts.
+//! Conversions: after a client's publish or retract, `converted` hands the node to
+//! `bookmarks.rs` (XEP-0402 ⇄ XEP-0048) and `avatar.rs` (XEP-0398); they write back through
+//! [`write_as_owner`], which does not call them again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -83,24 +82,40 @@ pub fn register(r: &mut IqRegistry) {
 /// Per-owner write serialization (striped, fixed size).
 pub struct Pep {
     locks: Vec<tokio::sync::Mutex<()>>,
+    conversion_locks: Vec<tokio::sync::Mutex<()>>,
+    /// XEP-0153 photo hashes of the accounts' vCards (see `avatar.rs`).
+    pub(crate) avatar_hashes: super::avatar::PhotoHashes,
 }
 
 impl Default for Pep {
     fn default() -> Pep {
         Pep {
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            conversion_locks: (0..16).map(|_| tokio::sync::Mutex::new(())).collect(),
+            avatar_hashes: Default::default(),
         }
     }
 }
 
 impl Pep {
     async fn lock(&self, owner: &str) -> tokio::sync::MutexGuard<'_, ()> {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        owner.hash(&mut h);
-        let i = (h.finish() as usize) % self.locks.len();
-        self.locks[i].lock().await
+        self.locks[stripe(owner, self.locks.len())].lock().await
     }
+
+    /// Serializes one owner's format conversions (bookmarks, avatars): each reads its source
+    /// and writes the other formats while holding it. Never held by PEP writes themselves,
+    /// so a conversion may publish.
+    pub(crate) async fn conversion_lock(&self, owner: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        let n = self.conversion_locks.len();
+        self.conversion_locks[stripe(owner, n)].lock().await
+    }
+}
+
+fn stripe(owner: &str, n: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    owner.hash(&mut h);
+    (h.finish() as usize) % n
 }
 
 // ---------------------------------------------------------------------------------------
@@ -737,11 +752,15 @@ impl IqHandler for PubSub {
             (true, "publish") => {
                 require_owner(req)?;
                 let options = req.payload.child("publish-options", ns::PUBSUB);
-                publish(server, owner.as_str(), first, options).await
+                let r = publish(server, owner.as_str(), first, options).await?;
+                converted(server, owner.as_str(), node_attr(first)?).await;
+                Ok(r)
             }
             (true, "retract") => {
                 require_owner(req)?;
-                retract(server, owner.as_str(), first).await
+                let r = retract(server, owner.as_str(), first).await?;
+                converted(server, owner.as_str(), node_attr(first)?).await;
+                Ok(r)
             }
             (true, "create") => {
                 require_owner(req)?;
@@ -809,6 +828,126 @@ impl IqHandler for Owner {
             _ => Err(StanzaError::new(Cond::BadRequest)),
         }
     }
+}
+
+/// A client's publish or retract on `node` succeeded: the formats the server keeps in sync
+/// with it follow (XEP-0402 bookmarks, XEP-0398 avatars). Writes the server makes itself
+/// ([`write_as_owner`]) do not come here, so conversions never loop.
+async fn converted(server: &Arc<Server>, owner: &str, node: &str) {
+    super::bookmarks::pep_changed(server, owner, node).await;
+    super::avatar::pep_changed(server, owner, node).await;
+}
+
+/// A node's access model and items (oldest first), for the server's own conversions.
+pub(crate) struct NodeSnapshot {
+    pub access: &'static str,
+    pub items: Vec<(String, Element)>,
+}
+
+/// Reads one of `owner`'s nodes; `None` when it does not exist.
+pub(crate) async fn node_snapshot(
+    server: &Server,
+    owner: &str,
+    node: &str,
+) -> Result<Option<NodeSnapshot>, StanzaError> {
+    let nodes = load_nodes(server, owner).await?;
+    let Some((_, cfg)) = nodes.iter().find(|(n, _)| n == node) else {
+        return Ok(None);
+    };
+    let items = load_items(server, owner, node).await?;
+    Ok(Some(NodeSnapshot {
+        access: cfg.access.as_str(),
+        items: items.into_iter().map(|i| (i.id, i.payload)).collect(),
+    }))
+}
+
+/// The server publishes and retracts items on `owner`'s behalf (one locked write, then the
+/// usual notifications). `create` holds XEP-0060 node configuration fields used only when
+/// the node does not exist yet; an existing node keeps its configuration.
+pub(crate) async fn write_as_owner(
+    server: &Arc<Server>,
+    owner: &str,
+    node: &str,
+    create: &[(&str, &str)],
+    publish: Vec<(String, Element)>,
+    retract: Vec<String>,
+) -> Result<(), StanzaError> {
+    if publish.is_empty() && retract.is_empty() {
+        return Ok(());
+    }
+    if publish
+        .iter()
+        .any(|(_, p)| to_stored(p).len() > MAX_ITEM_BYTES)
+    {
+        return Err(pubsub_error(Cond::NotAcceptable, "payload-too-big"));
+    }
+    let (cfg, retracted) = {
+        let _guard = server.pep.lock(owner).await;
+        let mut nodes = load_nodes(server, owner).await?;
+        let existing = nodes.iter().position(|(n, _)| n == node);
+        let cfg = match existing {
+            Some(i) => nodes[i].1.clone(),
+            None => {
+                if publish.is_empty() {
+                    return Ok(());
+                }
+                if nodes.len() >= MAX_NODES {
+                    return Err(
+                        StanzaError::new(Cond::ResourceConstraint).with_text("too many PEP nodes")
+                    );
+                }
+                let mut cfg = Config::default();
+                for (var, value) in create {
+                    cfg.apply(var, &[value.to_string()])
+                        .map_err(|_| StanzaError::new(Cond::InternalServerError))?;
+                }
+                cfg
+            }
+        };
+        let mut stored = if existing.is_some() {
+            load_items(server, owner, node).await?
+        } else {
+            Vec::new()
+        };
+        let retracted: Vec<String> = stored
+            .iter()
+            .filter(|it| retract.contains(&it.id))
+            .map(|it| it.id.clone())
+            .collect();
+        stored.retain(|it| !retract.contains(&it.id));
+        if cfg.persist {
+            for (id, payload) in &publish {
+                stored.retain(|it| &it.id != id);
+                stored.push(Item {
+                    id: id.clone(),
+                    payload: payload.clone(),
+                });
+            }
+            let excess = stored.len().saturating_sub(cfg.max_items);
+            stored.drain(..excess);
+        } else {
+            stored.clear();
+        }
+        save_items(server, owner, node, &stored).await?;
+        if existing.is_none() {
+            nodes.push((node.to_string(), cfg.clone()));
+            save_nodes(server, owner, &nodes).await?;
+        }
+        (cfg, retracted)
+    };
+    for (id, payload) in publish {
+        let it = Item { id, payload };
+        notify(server, owner, node, &cfg, &event_items(node, &[&it])).await;
+    }
+    if !retracted.is_empty() && cfg.notify_retract {
+        let mut list = Element::new("items", ns::PUBSUB_EVENT).with_attr("node", node);
+        for id in &retracted {
+            list.push(Element::new("retract", ns::PUBSUB_EVENT).with_attr("id", id.as_str()));
+        }
+        let ev = Element::new("event", ns::PUBSUB_EVENT).with_child(list);
+        notify(server, owner, node, &cfg, &ev).await;
+    }
+    Ok(())
 }
 
 /// XEP-0060 §7.1 publish, with §7.1.5 publish-options and auto-create.

@@ -458,7 +458,7 @@ fn parse_priority(el: &Element) -> i32 {
 
 /// §4.2 / §4.4 / §4.5: presence without a 'to' is broadcast to subscribers and to the
 /// user's other resources.
-async fn broadcast(server: &Arc<Server>, session: &mut Session, el: Element) {
+async fn broadcast(server: &Arc<Server>, session: &mut Session, mut el: Element) {
     let owner = session.jid.bare_str().to_string();
     let shared = &session.handle.shared;
     let unavailable = el.attr("type") == Some("unavailable");
@@ -470,6 +470,7 @@ async fn broadcast(server: &Arc<Server>, session: &mut Session, el: Element) {
         go_unavailable(server, session, el).await;
         return;
     }
+    super::avatar::outgoing_presence(server, &owner, &mut el).await;
     let priority = parse_priority(&el);
     shared.priority.store(priority, Ordering::Release);
     *shared.presence.lock().unwrap_or_else(|p| p.into_inner()) = Some(el.clone());
@@ -573,8 +574,9 @@ async fn go_unavailable(server: &Arc<Server>, session: &mut Session, el: Element
 }
 
 /// §4.6: presence to one entity, remembered so it gets our unavailable later.
-async fn directed(server: &Arc<Server>, session: &mut Session, el: Element, to: Jid) {
+async fn directed(server: &Arc<Server>, session: &mut Session, mut el: Element, to: Jid) {
     let unavailable = el.attr("type") == Some("unavailable");
+    super::avatar::outgoing_presence(server, session.jid.bare_str(), &mut el).await;
     if unavailable {
         session.directed.retain(|j| *j != to);
     } else if !session.directed.contains(&to) && session.directed.len() < 1000 {

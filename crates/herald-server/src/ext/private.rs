@@ -21,7 +21,12 @@ const MAX_BYTES: usize = 128 * 1024;
 struct Private;
 
 fn key(el: &Element) -> String {
-    format!("private:{{{}}}{}", el.ns, el.name)
+    storage_key(&el.name, &el.ns)
+}
+
+/// Where the private data `{ns}name` of an account is kept (also used by `bookmarks.rs`).
+pub(crate) fn storage_key(name: &str, ns: &str) -> String {
+    format!("private:{{{ns}}}{name}")
 }
 
 #[async_trait]
@@ -60,6 +65,10 @@ impl IqHandler for Private {
                     .set_private(owner, &key(c), &xml)
                     .await
                     .map_err(storage_error)?;
+                if c.is("storage", ns::BOOKMARKS) {
+                    // XEP-0402 #compat: PEP bookmarks follow.
+                    super::bookmarks::private_stored(server, owner).await;
+                }
             }
             return Ok(None);
         }

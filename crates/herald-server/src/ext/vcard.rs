@@ -25,6 +25,33 @@ pub fn register(r: &mut IqRegistry) {
 
 struct VCard;
 
+/// Stores `owner`'s vCard (size-checked).
+pub(crate) async fn store(
+    server: &Server,
+    owner: &str,
+    vcard: &Element,
+) -> Result<(), StanzaError> {
+    let xml = to_stored(vcard);
+    if xml.len() > MAX_VCARD_BYTES {
+        return Err(StanzaError::new(Cond::NotAcceptable).with_text("vCard too large"));
+    }
+    server
+        .storage
+        .set_private(owner, KEY, &xml)
+        .await
+        .map_err(storage_error)
+}
+
+/// `owner`'s stored vCard, if any.
+pub(crate) async fn load(server: &Server, owner: &str) -> Result<Option<Element>, StanzaError> {
+    let stored = server
+        .storage
+        .get_private(owner, KEY)
+        .await
+        .map_err(storage_error)?;
+    Ok(stored.and_then(|x| parse_fragment(&x)))
+}
+
 #[async_trait]
 impl IqHandler for VCard {
     async fn handle(&self, server: &Arc<Server>, req: &IqRequest<'_>) -> IqResult {
@@ -35,15 +62,9 @@ impl IqHandler for VCard {
             (Target::Server, _) => Err(StanzaError::new(Cond::ItemNotFound)),
             (Target::OtherAccount, true) => Err(StanzaError::new(Cond::Forbidden)),
             (Target::OwnAccount, true) => {
-                let xml = to_stored(req.payload);
-                if xml.len() > MAX_VCARD_BYTES {
-                    return Err(StanzaError::new(Cond::NotAcceptable).with_text("vCard too large"));
-                }
-                server
-                    .storage
-                    .set_private(req.from.bare_str(), KEY, &xml)
-                    .await
-                    .map_err(storage_error)?;
+                store(server, req.from.bare_str(), req.payload).await?;
+                // XEP-0398: the photo goes to the PEP avatar nodes too.
+                super::avatar::vcard_stored(server, req.from.bare_str(), req.payload).await;
                 Ok(None)
             }
             (_, false) => {

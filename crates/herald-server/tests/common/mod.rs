@@ -804,6 +804,38 @@ impl Client {
         h: Hash,
         cb: Option<Cb>,
     ) -> Result<(), String> {
+        self.scram_framed(user, password, h, cb, None)
+            .await
+            .map(|_| ())
+    }
+
+    /// XEP-0388: SCRAM inside `<authenticate/>` with `inline` extra children (Bind 2,
+    /// resumption, FAST requests). Returns the verified `<success/>` element.
+    pub async fn scram_sasl2(
+        &mut self,
+        user: &str,
+        password: &str,
+        h: Hash,
+        cb: Option<Cb>,
+        inline: &str,
+    ) -> Result<Element, String> {
+        self.scram_framed(user, password, h, cb, Some(inline)).await
+    }
+
+    /// SCRAM with RFC 6120 framing (`sasl2` None) or XEP-0388 framing.
+    async fn scram_framed(
+        &mut self,
+        user: &str,
+        password: &str,
+        h: Hash,
+        cb: Option<Cb>,
+        sasl2: Option<&str>,
+    ) -> Result<Element, String> {
+        let sasl_ns = if sasl2.is_some() {
+            "urn:xmpp:sasl:2"
+        } else {
+            ns::SASL
+        };
         let gs2 = match cb {
             None => "n,,".to_string(),
             Some(Cb::TlsExporter) => "p=tls-exporter,,".to_string(),
@@ -819,18 +851,29 @@ impl Client {
             "n={},r={nonce}",
             user.replace('=', "=3D").replace(',', "=2C")
         );
-        self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{}</auth>",
-            Mech::Scram(h, cb).name(),
-            B64.encode(format!("{gs2}{first_bare}"))
-        ))
-        .await;
+        let initial = B64.encode(format!("{gs2}{first_bare}"));
+        match sasl2 {
+            None => {
+                self.send(&format!(
+                    "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='{}'>{initial}</auth>",
+                    Mech::Scram(h, cb).name(),
+                ))
+                .await
+            }
+            Some(inline) => {
+                self.send(&format!(
+                    "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{}'><initial-response>{initial}</initial-response>{inline}</authenticate>",
+                    Mech::Scram(h, cb).name(),
+                ))
+                .await
+            }
+        }
         let ch = self.expect_stanza().await;
-        if ch.is("failure", ns::SASL) {
+        if ch.is("failure", sasl_ns) {
             return Err(condition_of(&ch, ns::SASL).unwrap_or_default());
         }
         assert!(
-            ch.is("challenge", ns::SASL),
+            ch.is("challenge", sasl_ns),
             "expected a challenge, got {}",
             ch.to_xml()
         );
@@ -875,12 +918,36 @@ impl Client {
         let server_key = hmac(h, &salted, b"Server Key");
         let server_sig = hmac(h, &server_key, auth_message.as_bytes());
         self.send(&format!(
-            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{}</response>",
+            "<response xmlns='{sasl_ns}'>{}</response>",
             B64.encode(format!("{without_proof},p={}", B64.encode(proof)))
         ))
         .await;
         let r = self.expect_stanza().await;
-        self.sasl_outcome(&r, Some(&server_sig))
+        if sasl2.is_none() {
+            return self.sasl_outcome(&r, Some(&server_sig)).map(|_| r);
+        }
+        if r.is("failure", sasl_ns) {
+            return Err(condition_of(&r, ns::SASL).unwrap_or_default());
+        }
+        assert!(
+            r.is("success", sasl_ns),
+            "expected SASL2 success, got {}",
+            r.to_xml()
+        );
+        let data = r
+            .child("additional-data", sasl_ns)
+            .map(|d| {
+                B64.decode(d.text().trim())
+                    .expect("additional-data is base64")
+            })
+            .expect("SCRAM success carries server-final");
+        let expected = format!("v={}", B64.encode(&server_sig));
+        assert_eq!(
+            String::from_utf8_lossy(&data),
+            expected,
+            "server signature verifies"
+        );
+        Ok(r)
     }
 
     /// Binds a resource (or lets the server pick one) and returns the full JID.
