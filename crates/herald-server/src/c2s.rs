@@ -394,7 +394,7 @@ async fn sasl2_complete(
     }
     let Some(bind) = req.bind else {
         conn.queue(&success);
-        conn.queue_stream_element(&post_auth_features());
+        conn.queue_stream_element(&post_auth_features(server, jid.domain()));
         conn.flush().await?;
         return bind_loop(server, conn, jid).await;
     };
@@ -438,7 +438,7 @@ async fn sasl2_complete(
 }
 
 /// Features after authentication, before a resource is bound.
-fn post_auth_features() -> Element {
+fn post_auth_features(server: &Server, domain: &str) -> Element {
     let mut f = features();
     f.push(Element::new("bind", ns::BIND));
     f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
@@ -446,6 +446,9 @@ fn post_auth_features() -> Element {
     f.push(Element::new("sub", ns::PRE_APPROVAL));
     f.push(Element::new("sm", ns::SM));
     f.push(Element::new("csi", ns::CSI));
+    if let Some(c) = ext::disco::caps_feature(server, domain) {
+        f.push(c);
+    }
     f
 }
 
@@ -862,6 +865,9 @@ async fn bind_stage(
     f.push(Element::new("sub", ns::PRE_APPROVAL));
     f.push(Element::new("sm", ns::SM));
     f.push(Element::new("csi", ns::CSI));
+    if let Some(c) = ext::disco::caps_feature(server, jid.domain()) {
+        f.push(c);
+    }
     conn.queue_stream_element(&f);
     conn.flush().await?;
     bind_loop(server, conn, jid).await

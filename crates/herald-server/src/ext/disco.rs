@@ -61,6 +61,46 @@ fn identity(category: &str, kind: &str, name: Option<&str>) -> Element {
     e
 }
 
+/// The node the server names in its own XEP-0115 capabilities.
+pub const CAPS_NODE: &str = "https://herald.example/caps";
+
+/// The server's disco#info for one of its domains: identity, features, extension forms.
+pub fn server_info(server: &Server, domain: &str) -> Element {
+    let mut q = Element::new("query", ns::DISCO_INFO);
+    q.push(identity("server", "im", Some("Herald")));
+    let mut extra = ServerInfo::default();
+    for contribute in &server.iq.server_info {
+        contribute(server, domain, &mut extra);
+    }
+    let mut features: Vec<&str> = server.iq.server_features.clone();
+    features.extend(extra.features);
+    features.sort_unstable();
+    features.dedup();
+    for f in features {
+        q.push(feature(f));
+    }
+    for form in extra.forms {
+        q.push(form);
+    }
+    q
+}
+
+fn caps_ver(info: &Element) -> Option<String> {
+    super::caps::verification_string(info).map(|s| super::caps::sha1_ver(&s))
+}
+
+/// XEP-0115 §6.3: the server's capabilities, offered as a stream feature so clients know
+/// its features without a disco round trip.
+pub fn caps_feature(server: &Server, domain: &str) -> Option<Element> {
+    let ver = caps_ver(&server_info(server, domain))?;
+    Some(
+        Element::new("c", ns::CAPS)
+            .with_attr("hash", "sha-1")
+            .with_attr("node", CAPS_NODE)
+            .with_attr("ver", ver),
+    )
+}
+
 fn feature(var: &str) -> Element {
     Element::new("feature", ns::DISCO_INFO).with_attr("var", var)
 }
@@ -78,27 +118,21 @@ impl IqHandler for Info {
                     .await
                     .map(Some);
             }
+            // XEP-0115 §6.2: the server's own capabilities node answers like the server.
+            let caps_node = node
+                .strip_prefix(CAPS_NODE)
+                .and_then(|rest| rest.strip_prefix('#'));
+            if let Some(ver) = caps_node {
+                let q = server_info(server, req.to.domain());
+                if caps_ver(&q).as_deref() == Some(ver) {
+                    return Ok(Some(q.with_attr("node", node)));
+                }
+            }
             return Err(StanzaError::new(Cond::ItemNotFound));
         }
         let mut q = Element::new("query", ns::DISCO_INFO);
         match req.target {
-            Target::Server => {
-                q.push(identity("server", "im", Some("Herald")));
-                let mut extra = ServerInfo::default();
-                for contribute in &server.iq.server_info {
-                    contribute(server, req.to.domain(), &mut extra);
-                }
-                let mut features: Vec<&str> = server.iq.server_features.clone();
-                features.extend(extra.features);
-                features.sort_unstable();
-                features.dedup();
-                for f in features {
-                    q.push(feature(f));
-                }
-                for form in extra.forms {
-                    q.push(form);
-                }
-            }
+            Target::Server => q = server_info(server, req.to.domain()),
             Target::OwnAccount | Target::OtherAccount => {
                 if req.target == Target::OtherAccount
                     && !account_exists(server, &req.to.bare()).await
