@@ -1,6 +1,9 @@
-"""Roster and subscription helpers shared by the tests."""
+"""Helpers shared by the tests: roster and subscriptions, slixmpp events, dropped connections."""
 
-from conftest import Client, child
+import asyncio
+from typing import Callable
+
+from conftest import WAIT, Client, child
 
 ROSTER = "jabber:iq:roster"
 
@@ -67,3 +70,83 @@ async def subscribe_mutually(a: Client, b: Client):
         await x.expect("presence", is_presence(y.bare, "subscribed"), "subscribed")
     await a.roundtrip()
     await b.roundtrip()
+
+
+# ---------------------------------------------------------------------------------------
+# slixmpp events and dropped connections (XEP-0198 / XEP-0280 tests)
+
+
+class Events:
+    """Records every firing of the named slixmpp events on a client; `expect()` waits
+    (bounded) for one matching a predicate, like `Client.expect()` does for stanzas."""
+
+    def __init__(self, c: Client, *names: str):
+        self.c = c
+        self.log: dict[str, list] = {n: [] for n in names}
+        self._taken: set[int] = set()
+        self._new = asyncio.Event()
+        for n in names:
+            c.x.add_event_handler(n, self._recorder(n))
+
+    def _recorder(self, name: str):
+        def handler(payload=None):
+            self.log[name].append(payload)
+            self._new.set()
+
+        return handler
+
+    def seen(self, name: str, pred: Callable = lambda e: True) -> list:
+        return [e for e in self.log[name] if pred(e)]
+
+    async def expect(self, name: str, pred: Callable = lambda e: True, what: str = "",
+                     timeout: float = WAIT):
+        """Waits for (and consumes) the first not-yet-consumed `name` event matching pred."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for e in self.log[name]:
+                if id(e) not in self._taken and pred(e):
+                    self._taken.add(id(e))
+                    return e
+            left = deadline - loop.time()
+            if left <= 0:
+                got = "\n  ".join(str(e) for e in self.log[name][-10:])
+                raise AssertionError(
+                    f"{self.c.jid}: no {name!r} event {what} within {timeout}s; last:\n  {got}"
+                )
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def drop_connection(c: Client):
+    """Loses the connection the way a phone does: the TCP connection goes away under the
+    stream, with no `</stream:stream>` and no TLS close_notify. slixmpp keeps its XEP-0198
+    state (sm_id, counters) for a later resumption."""
+    assert c.x.transport is not None, f"{c.jid}: not connected"
+    c.x.transport.abort()
+    await asyncio.wait_for(asyncio.shield(c.disconnected), WAIT)
+    # the client object lives on (it may reconnect): arm the teardown future again
+    c.disconnected = asyncio.get_running_loop().create_future()
+
+
+async def reconnect(c: Client, server, timeout: float = 15) -> str:
+    """Connects a dropped client again. Returns 'resumed' (XEP-0198 resumption), 'session'
+    (a new session was bound) or 'disconnected'."""
+    loop = asyncio.get_running_loop()
+    outcome = loop.create_future()
+    handlers = {}
+    for event, result in (("session_resumed", "resumed"), ("session_start", "session"),
+                          ("disconnected", "disconnected")):
+        handlers[event] = lambda *_, r=result: outcome.done() or outcome.set_result(r)
+        c.x.add_event_handler(event, handlers[event])
+    try:
+        c.x.connect(server.host, server.c2s_port)
+        return await asyncio.wait_for(outcome, timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"{c.jid}: no resumption / session within {timeout}s of reconnecting")
+    finally:
+        for event, h in handlers.items():
+            c.x.del_event_handler(event, h)

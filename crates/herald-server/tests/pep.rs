@@ -676,3 +676,29 @@ async fn nodes_and_items_survive_restart() {
         .await,
     );
 }
+
+/// XEP-0163 §4.3.2: approving a subscription sends the new subscriber the last items.
+#[tokio::test]
+async fn last_item_when_a_subscription_is_approved() {
+    let server = TestServer::start().await;
+    server.add_user("alice").await;
+    server.add_user("bob").await;
+    let notify = format!("{TUNE}+notify");
+    let feats = [ns::CAPS, TUNE, notify.as_str()];
+    let mut a = login(&server, "alice", "a").await;
+    caps_presence(&server, &mut a, &feats, true).await;
+    assert_ok(&publish(&mut a, TUNE, "t1", &tune("Before you knew me"), "").await);
+    let mut b = login(&server, "bob", "b").await;
+    caps_presence(&server, &mut b, &feats, false).await;
+    b.expect_no_match(
+        "an event before subscribing",
+        Duration::from_millis(300),
+        |e: &Element| is_event(e, TUNE),
+    )
+    .await;
+    subscribe(&mut b, &mut a).await;
+    let ev = b
+        .expect_match("last item after approval", |e| is_event(e, TUNE))
+        .await;
+    assert_eq!(event_item_id(&ev).as_deref(), Some("t1"));
+}

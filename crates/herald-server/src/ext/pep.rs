@@ -665,6 +665,52 @@ pub async fn interest_changed(
     }
 }
 
+/// XEP-0163 §4.3.2: `subscriber` was just allowed to see `owner`'s presence; each of its
+/// available resources gets the last item of every node it wants and may read.
+pub async fn subscription_approved(server: &Arc<Server>, owner: &str, subscriber: &str) {
+    let Ok(sub) = Jid::parse(subscriber) else {
+        return;
+    };
+    if !server.serves(sub.domain()) {
+        return;
+    }
+    let sessions: Vec<SessionHandle> = server
+        .registry
+        .sessions(subscriber)
+        .into_iter()
+        .filter(|s| s.available())
+        .collect();
+    if sessions.is_empty() {
+        return;
+    }
+    let Ok(nodes) = load_nodes(server, owner).await else {
+        return;
+    };
+    for (name, cfg) in nodes {
+        if cfg.send_last != SendLast::OnSubAndPresence || !cfg.persist {
+            continue;
+        }
+        let wanting: Vec<&SessionHandle> = sessions
+            .iter()
+            .filter(|s| super::caps::wants_notify(s, &name))
+            .collect();
+        if wanting.is_empty() || check_access(server, owner, &sub, &cfg).await.is_err() {
+            continue;
+        }
+        let Ok(items) = load_items(server, owner, &name).await else {
+            continue;
+        };
+        if let Some(last) = items.last() {
+            let ev = event_items(&name, &[last]);
+            for s in wanting {
+                let _ = s
+                    .send(event_message(owner, &s.jid, &ev), server.outbox_timeout())
+                    .await;
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Service discovery
 

@@ -69,6 +69,17 @@ async fn outbound_subscription(
     for p in later {
         route(server, p).await;
     }
+    if kind == "subscribed" {
+        pep_after_approval(server, owner, contact).await;
+    }
+}
+
+/// A subscription approval lets the contact see the owner's PEP: send it the last items
+/// (XEP-0163 §4.3.2) once the approval is stored.
+async fn pep_after_approval(server: &Arc<Server>, owner: &str, contact: &str) {
+    if matches!(load_item(server, owner, contact).await, Ok(Some(i)) if is_from(i.subscription)) {
+        super::pep::subscription_approved(server, owner, contact).await;
+    }
 }
 
 async fn outbound_subscription_locked(
@@ -237,6 +248,10 @@ async fn inbound_subscription(
     }
     for p in later {
         route(server, p).await;
+    }
+    if kind == "subscribe" {
+        // Pre-approved (§3.4): the owner's server said yes on its own.
+        pep_after_approval(server, owner, from.as_str()).await;
     }
 }
 
