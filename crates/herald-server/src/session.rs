@@ -132,6 +132,8 @@ struct UserEntry {
 pub struct UserCache {
     pub roster: RwLock<Option<HashMap<String, RosterItem>>>,
     pub blocklist: RwLock<Option<HashSet<String>>>,
+    /// XEP-0441 archiving preferences, read for every archived message.
+    pub mam_prefs: RwLock<Option<Arc<herald_storage::ArchivePrefs>>>,
 }
 
 const ROSTER_STRIPES: usize = 64;

@@ -128,19 +128,36 @@ fn config_default(server: &Server) -> ArchiveDefault {
     ArchiveDefault::parse(&server.settings.raw.mam.default).unwrap_or(ArchiveDefault::Always)
 }
 
+/// The owner's preferences; for an online user from the session registry's cache, so
+/// the message path reads no database for them.
 async fn load_prefs(
     server: &Server,
     owner: &Jid,
-) -> Result<ArchivePrefs, herald_storage::StorageError> {
-    Ok(server
-        .storage
-        .archive_prefs(owner.as_str())
-        .await?
-        .unwrap_or_else(|| ArchivePrefs {
-            default: config_default(server),
-            always: Vec::new(),
-            never: Vec::new(),
-        }))
+) -> Result<Arc<ArchivePrefs>, herald_storage::StorageError> {
+    let cache = server.registry.cache(owner.as_str());
+    if let Some(p) = cache.as_ref().and_then(|c| {
+        c.mam_prefs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }) {
+        return Ok(p);
+    }
+    let prefs = Arc::new(
+        server
+            .storage
+            .archive_prefs(owner.as_str())
+            .await?
+            .unwrap_or_else(|| ArchivePrefs {
+                default: config_default(server),
+                always: Vec::new(),
+                never: Vec::new(),
+            }),
+    );
+    if let Some(c) = cache {
+        *c.mam_prefs.write().unwrap_or_else(|p| p.into_inner()) = Some(prefs.clone());
+    }
+    Ok(prefs)
 }
 
 /// XEP-0441 §2.3: whether `owner` archives traffic with `contact`.
@@ -670,6 +687,9 @@ async fn set_prefs(server: &Arc<Server>, req: &IqRequest<'_>, owner: &Jid) -> Iq
         .set_archive_prefs(owner.as_str(), &prefs)
         .await
         .map_err(storage_error)?;
+    if let Some(c) = server.registry.cache(owner.as_str()) {
+        *c.mam_prefs.write().unwrap_or_else(|p| p.into_inner()) = None;
+    }
     // The applied preferences (normalized, deduplicated, "never" winning).
     let applied = load_prefs(server, owner).await.map_err(storage_error)?;
     Ok(Some(prefs_element(&applied)))
