@@ -163,13 +163,42 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// Every connection is a file descriptor, and distributions start processes with a soft
+/// limit of 1024: raise it to the hard limit, as far as the system allows.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        tracing::info!(max_open_files = lim.rlim_cur, "file descriptor limit");
+    }
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HERALD_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and journald get plain text.
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -182,6 +211,7 @@ async fn open_store(s: &Settings) -> Result<std::sync::Arc<dyn herald_storage::S
 async fn serve(settings: Settings) -> Result<(), String> {
     init_logging(&settings.raw.log.level);
     let store = open_store(&settings).await?;
+    raise_fd_limit();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let grace = Duration::from_secs(settings.raw.server.shutdown_grace_secs + 2);
     let running = herald_server::start(settings, store, rx)
