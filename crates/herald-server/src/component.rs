@@ -12,7 +12,7 @@ use sha1::{Digest, Sha1};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::session::Outbound;
+use crate::session::{Outbound, QueueError};
 use crate::stream::{self, stream_error, Conn, StreamEnd};
 use crate::Server;
 
@@ -26,10 +26,9 @@ impl ComponentEntry {
     pub async fn send(&self, el: Element, timeout: Duration) -> Result<(), Element> {
         let tx = self.tx.read().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(tx) = tx else { return Err(el) };
-        match tokio::time::timeout(timeout, tx.send(Outbound::Stanza(Box::new(el)))).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(mpsc::error::SendError(Outbound::Stanza(el)))) => Err(*el),
-            _ => Err(Element::new("dropped", "")),
+        match crate::session::queue(&tx, el, timeout).await {
+            Ok(()) => Ok(()),
+            Err(QueueError::Closed(el)) | Err(QueueError::TimedOut(el)) => Err(el),
         }
     }
 }

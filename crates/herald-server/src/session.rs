@@ -51,6 +51,44 @@ pub struct SessionHandle {
     pub shared: Arc<SessionShared>,
 }
 
+/// Why a stanza could not be queued; it comes back either way.
+pub enum QueueError {
+    Closed(Element),
+    TimedOut(Element),
+}
+
+/// Queues a stanza on a bounded outbox, waiting up to `timeout` for room. The stanza is
+/// returned on failure, never dropped: the caller reroutes it (other resources, offline
+/// storage) or bounces it.
+pub async fn queue(
+    tx: &mpsc::Sender<Outbound>,
+    stanza: Element,
+    timeout: Duration,
+) -> Result<(), QueueError> {
+    let stanza = match tx.try_send(Outbound::Stanza(Box::new(stanza))) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Full(msg)) => unbox(msg),
+        Err(mpsc::error::TrySendError::Closed(msg)) => return Err(QueueError::Closed(unbox(msg))),
+    };
+    // Reserve first, so a timeout leaves the stanza with us instead of inside a dropped
+    // send future.
+    match tokio::time::timeout(timeout, tx.reserve()).await {
+        Ok(Ok(permit)) => {
+            permit.send(Outbound::Stanza(Box::new(stanza)));
+            Ok(())
+        }
+        Ok(Err(_)) => Err(QueueError::Closed(stanza)),
+        Err(_) => Err(QueueError::TimedOut(stanza)),
+    }
+}
+
+fn unbox(msg: Outbound) -> Element {
+    match msg {
+        Outbound::Stanza(s) => *s,
+        Outbound::Close(_) => unreachable!("queue() only sends stanzas"),
+    }
+}
+
 /// Delivery to a session failed; the stanza comes back so the caller can store or bounce it.
 #[derive(Debug)]
 pub struct Undeliverable(pub Element);
@@ -84,30 +122,22 @@ impl SessionHandle {
     /// Queues a stanza. A full outbox makes the sender wait (backpressure) up to `timeout`;
     /// a session that stays full that long is told to close, and the stanza is returned.
     pub async fn send(&self, stanza: Element, timeout: Duration) -> Result<(), Undeliverable> {
-        match self.tx.try_send(Outbound::Stanza(Box::new(stanza))) {
+        match queue(&self.tx, stanza, timeout).await {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Closed(Outbound::Stanza(s))) => Err(Undeliverable(*s)),
-            Err(mpsc::error::TrySendError::Full(msg)) => {
-                match tokio::time::timeout(timeout, self.tx.send(msg)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(mpsc::error::SendError(Outbound::Stanza(s)))) => Err(Undeliverable(*s)),
-                    Err(_) => {
-                        tracing::warn!(jid = %self.jid, "outbox full for too long; closing slow session");
-                        self.close(
-                            StreamErrorCondition::PolicyViolation,
-                            Some("too slow to read"),
-                        );
-                        Err(Undeliverable(Element::new("dropped", "")))
-                    }
-                    Ok(Err(_)) => Err(Undeliverable(Element::new("dropped", ""))),
-                }
+            Err(QueueError::Closed(s)) => Err(Undeliverable(s)),
+            Err(QueueError::TimedOut(s)) => {
+                tracing::warn!(jid = %self.jid, "outbox full for too long; closing slow session");
+                self.close(
+                    StreamErrorCondition::PolicyViolation,
+                    Some("too slow to read"),
+                );
+                Err(Undeliverable(s))
             }
-            Err(_) => Err(Undeliverable(Element::new("dropped", ""))),
         }
     }
 
-    /// Asks the session to end its stream. Never blocks: a session whose outbox is full gets
-    /// its channel dropped by the registry instead, which ends it too.
+    /// Asks the session to end its stream. Never blocks; if the outbox is full the request is
+    /// not queued and the session ends when its reader catches up or its peer goes away.
     pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {
         let _ = self
             .tx

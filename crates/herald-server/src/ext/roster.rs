@@ -147,8 +147,7 @@ async fn remove(server: &Arc<Server>, owner: &str, contact: &str) -> Result<(), 
             map.remove(contact);
         }
     }
-    let mut gone = item.clone();
-    push(server, owner, ver, &gone, true).await;
+    push(server, owner, ver, &item, true).await;
     let sub = item.subscription;
     if matches!(sub, Subscription::To | Subscription::Both) || item.ask {
         let p = subscription_stanza("unsubscribe", owner, contact);
@@ -160,7 +159,6 @@ async fn remove(server: &Arc<Server>, owner: &str, contact: &str) -> Result<(), 
         // They no longer see us: say so from each available resource.
         super::presence::send_unavailable_from_all(server, owner, contact).await;
     }
-    gone.subscription = Subscription::None;
     Ok(())
 }
 
@@ -274,12 +272,13 @@ pub async fn save_item(
 
 /// §2.1.6 roster push to every resource that requested the roster.
 async fn push(server: &Server, owner: &str, ver: u64, item: &RosterItem, removed: bool) {
-    let mut el = item_element(item);
-    if removed {
-        el = Element::new("item", ns::ROSTER)
+    let el = if removed {
+        Element::new("item", ns::ROSTER)
             .with_attr("jid", item.jid.clone())
-            .with_attr("subscription", "remove");
-    }
+            .with_attr("subscription", "remove")
+    } else {
+        item_element(item)
+    };
     for s in server.registry.sessions(owner) {
         if !s.shared.interested.load(Ordering::Acquire) {
             continue;
