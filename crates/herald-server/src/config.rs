@@ -45,7 +45,95 @@ pub struct Config {
     pub registration: RegistrationSection,
     /// XEP-0357 push notifications.
     pub push: PushSection,
+    /// XEP-0045 multi-user chat service.
+    pub muc: MucSection,
+    /// XEP-0363 HTTP file upload service.
+    pub upload: UploadSection,
+    /// XEP-0065 SOCKS5 bytestream proxy.
+    pub proxy65: Proxy65Section,
+    /// The HTTP(S) service: WebSocket, BOSH, host-meta, uploads.
+    pub http: HttpSection,
     pub log: LogSection,
+}
+
+/// XEP-0045 multi-user chat.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MucSection {
+    pub enabled: bool,
+    /// The service's domain; `{domain}` is replaced by each served domain.
+    pub domain: String,
+}
+
+impl Default for MucSection {
+    fn default() -> Self {
+        MucSection {
+            enabled: true,
+            domain: "conference.{domain}".into(),
+        }
+    }
+}
+
+/// XEP-0363 HTTP file upload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UploadSection {
+    pub enabled: bool,
+    /// The service's domain; `{domain}` is replaced by each served domain.
+    pub domain: String,
+}
+
+impl Default for UploadSection {
+    fn default() -> Self {
+        UploadSection {
+            enabled: true,
+            domain: "upload.{domain}".into(),
+        }
+    }
+}
+
+/// XEP-0065 SOCKS5 bytestream proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Proxy65Section {
+    pub enabled: bool,
+    /// The service's domain; `{domain}` is replaced by each served domain.
+    pub domain: String,
+}
+
+impl Default for Proxy65Section {
+    fn default() -> Self {
+        Proxy65Section {
+            enabled: true,
+            domain: "proxy.{domain}".into(),
+        }
+    }
+}
+
+/// The HTTP(S) service.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Base URL clients reach the HTTP service at (behind a reverse proxy); default: the
+    /// first https listener, else the first http one.
+    pub public_url: Option<String>,
+}
+
+/// Which built-in service answers at a service domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceKind {
+    Muc,
+    Upload,
+    Proxy65,
+}
+
+/// A built-in service's domain (e.g. `conference.example.org`) and the served domain it
+/// belongs to (`example.org`).
+#[derive(Debug, Clone)]
+pub struct ServiceDomain {
+    pub domain: String,
+    pub kind: ServiceKind,
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -407,6 +495,8 @@ pub struct Settings {
     pub http: Vec<SocketAddr>,
     pub component: Vec<SocketAddr>,
     pub components: Vec<(String, String)>,
+    /// Built-in services by their domain.
+    pub services: std::collections::HashMap<String, ServiceDomain>,
 }
 
 impl Config {
@@ -812,6 +902,62 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(bad("log.level", "must not be empty".into()));
         }
+        let mut services = std::collections::HashMap::new();
+        for (key, enabled, template, kind) in [
+            (
+                "muc.domain",
+                self.muc.enabled,
+                &self.muc.domain,
+                ServiceKind::Muc,
+            ),
+            (
+                "upload.domain",
+                self.upload.enabled,
+                &self.upload.domain,
+                ServiceKind::Upload,
+            ),
+            (
+                "proxy65.domain",
+                self.proxy65.enabled,
+                &self.proxy65.domain,
+                ServiceKind::Proxy65,
+            ),
+        ] {
+            if !enabled {
+                continue;
+            }
+            if domains.len() > 1 && !template.contains("{domain}") {
+                return Err(bad(
+                    key,
+                    format!("{template:?} must contain {{domain}} when several domains are served"),
+                ));
+            }
+            for host in &domains {
+                let name = template.replace("{domain}", host);
+                let d = Jid::parse(&name)
+                    .ok()
+                    .filter(|j| j.node().is_none() && j.resource().is_none())
+                    .ok_or_else(|| bad(key, format!("{name:?} is not a valid domain name")))?;
+                let d = d.domain().to_string();
+                if domains.contains(&d) || components.iter().any(|(c, _)| *c == d) {
+                    return Err(bad(
+                        key,
+                        format!("{d} is already a user domain or a component"),
+                    ));
+                }
+                if services.contains_key(&d) {
+                    return Err(bad(key, format!("{d} is used by two services")));
+                }
+                services.insert(
+                    d.clone(),
+                    ServiceDomain {
+                        domain: d,
+                        kind,
+                        host: host.clone(),
+                    },
+                );
+            }
+        }
         Ok(Settings {
             raw: self,
             domains,
@@ -821,6 +967,7 @@ impl Config {
             http,
             component,
             components,
+            services,
         })
     }
 }
@@ -840,6 +987,16 @@ fn is_uri(s: &str) -> bool {
 impl Settings {
     pub fn serves(&self, domain: &str) -> bool {
         self.domains.iter().any(|d| d == domain)
+    }
+
+    /// The built-in service at `domain`, if any.
+    pub fn service(&self, domain: &str) -> Option<&ServiceDomain> {
+        self.services.get(domain)
+    }
+
+    /// The built-in services of one served domain, for its disco#items.
+    pub fn services_of<'a>(&'a self, host: &'a str) -> impl Iterator<Item = &'a ServiceDomain> {
+        self.services.values().filter(move |s| s.host == host)
     }
 }
 

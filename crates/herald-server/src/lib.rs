@@ -50,6 +50,10 @@ pub struct Server {
     pub push: ext::push::Push,
     /// XEP-0077 accounts created per client IP.
     pub registrations: ext::register::RateLimit,
+    /// Base URL of the HTTP service in links the server hands out (no trailing slash):
+    /// `[http] public_url`, else the first https listener, else the first http one; empty
+    /// when there is no HTTP listener.
+    pub http_base: String,
 }
 
 impl Server {
@@ -179,7 +183,16 @@ pub async fn start(
         settings.raw.auth.max_failures,
         Duration::from_secs(settings.raw.auth.failure_window_secs),
     );
+    let http_base = match &settings.raw.http.public_url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => bound
+            .http
+            .first()
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_default(),
+    };
     let server = Arc::new(Server {
+        http_base,
         components: component::ComponentTable::new(&settings.components),
         iq: ext::IqRegistry::standard(),
         settings,

@@ -12,6 +12,7 @@ use herald_core::{ns, Jid, StanzaError, StanzaErrorCondition as Cond};
 use herald_xml::Element;
 
 use crate::c2s::Session;
+use crate::config::ServiceKind;
 use crate::ext::{self, blocking, offline, presence};
 use crate::Server;
 
@@ -53,6 +54,14 @@ async fn deliver(server: &Arc<Server>, el: Element, to: &Jid) {
             return to_server(server, el, to).await;
         }
         return deliver_to_user(server, el, to).await;
+    }
+    if let Some(svc) = server.settings.service(to.domain()) {
+        let host = svc.host.clone();
+        return match svc.kind {
+            ServiceKind::Muc => ext::muc::route(server, el, to, &host).await,
+            ServiceKind::Upload => ext::upload::route(server, el, to, &host).await,
+            ServiceKind::Proxy65 => ext::proxy65::route(server, el, to, &host).await,
+        };
     }
     if let Some(c) = server.components.get(to.domain()) {
         if let Err(el) = c.send(el, server.outbox_timeout()).await {

@@ -165,6 +165,11 @@ impl IqHandler for Items {
             for d in server.components.domains() {
                 q.push(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", d));
             }
+            let mut services: Vec<_> = server.settings.services_of(req.to.domain()).collect();
+            services.sort_by(|a, b| a.domain.cmp(&b.domain));
+            for s in services {
+                q.push(Element::new("item", ns::DISCO_ITEMS).with_attr("jid", &s.domain));
+            }
         } else if req.target == Target::OtherAccount
             && !account_exists(server, &req.to.bare()).await
         {

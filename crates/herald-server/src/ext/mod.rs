@@ -16,15 +16,18 @@ pub mod disco;
 pub mod extdisco;
 pub mod last;
 pub mod mam;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
+pub mod proxy65;
 pub mod push;
 pub mod register;
 pub mod roster;
 pub mod time;
+pub mod upload;
 pub mod vcard;
 pub mod version;
 
