@@ -174,6 +174,10 @@ pub trait ArchiveStore: Send + Sync {
         paging: &ArchivePaging,
     ) -> Result<Option<ArchivePage>>;
 
+    /// Replaces the stored stanza of one archived message (XEP-0425 moderation leaves a
+    /// tombstone in its place); its id, stamp and position stay. `Ok(false)` when absent.
+    async fn replace_archived(&self, owner: &str, stanza_id: &str, stanza: &str) -> Result<bool>;
+
     /// Deletes `owner`'s messages stamped before `before_micros`; returns how many.
     async fn expire_archive(&self, owner: &str, before_micros: i64) -> Result<u64>;
 

@@ -121,6 +121,20 @@ impl ArchiveStore for PostgresStore {
         run_query(self, owner, filter, paging).await
     }
 
+    async fn replace_archived(&self, owner: &str, stanza_id: &str, stanza: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE archive SET stanza = $1 WHERE owner = $2 AND stanza_id = $3")
+                .bind(stanza)
+                .bind(owner)
+                .bind(stanza_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                > 0,
+        )
+    }
+
     async fn expire_archive(&self, owner: &str, before_micros: i64) -> Result<u64> {
         Ok(
             sqlx::query("DELETE FROM archive WHERE owner = $1 AND stamp_micros < $2")

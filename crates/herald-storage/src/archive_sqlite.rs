@@ -115,6 +115,20 @@ impl ArchiveStore for SqliteStore {
         run_query(self, owner, filter, paging).await
     }
 
+    async fn replace_archived(&self, owner: &str, stanza_id: &str, stanza: &str) -> Result<bool> {
+        Ok(
+            sqlx::query("UPDATE archive SET stanza = ? WHERE owner = ? AND stanza_id = ?")
+                .bind(stanza)
+                .bind(owner)
+                .bind(stanza_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected()
+                > 0,
+        )
+    }
+
     async fn expire_archive(&self, owner: &str, before_micros: i64) -> Result<u64> {
         Ok(
             sqlx::query("DELETE FROM archive WHERE owner = ? AND stamp_micros < ?")

@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+mod files;
+
 use crate::{
     ArchiveDefault, ArchiveFilter, ArchivePaging, ArchivePrefs, Direction, NewArchived,
-    OfflineMessage, Result, RosterItem, Storage, StorageError, StoredCredential, Subscription,
+    OfflineMessage, Result, RoomAffiliation, RosterItem, Storage, StorageError, StoredCredential,
+    StoredRoom, Subscription,
 };
 
 /// Runs every check against `store`; panics on the first failure.
@@ -43,7 +46,12 @@ pub async fn run_all(store: Arc<dyn Storage>) {
     archive(&cx).await;
     archive_concurrency(&cx).await;
     archive_expiry(&cx).await;
+    archive_replace(&cx).await;
     archive_prefs(&cx).await;
+    muc_rooms(&cx).await;
+    muc_affiliations(&cx).await;
+    muc_concurrency(&cx).await;
+    files::run(&cx).await;
     delete_account_cascade(&cx).await;
     tracing::info!(backend, "storage conformance passed");
 }
@@ -1782,6 +1790,55 @@ async fn archive_expiry(cx: &Cx) {
     );
 }
 
+/// XEP-0425 tombstones: one message's stanza changes; its id, stamp and place stay.
+async fn archive_replace(cx: &Cx) {
+    let s = &*cx.store;
+    let room = format!("room@conference.{}", cx.domain);
+    for i in 1..=3 {
+        ok(
+            s.append_archive(&room, &archived(&sid(i), BOB, 10 * i as i64, "<message/>"))
+                .await,
+            "replace append",
+        );
+    }
+    same(
+        ok(
+            s.replace_archived(&room, &sid(2), "<message><retracted/></message>")
+                .await,
+            "replace",
+        ),
+        true,
+        "replace_archived finds the message",
+    );
+    same(
+        ok(s.replace_archived(&room, &sid(9), "<x/>").await, "replace absent"),
+        false,
+        "replace_archived of an unknown id",
+    );
+    same(
+        ok(
+            s.replace_archived(&cx.jid("other"), &sid(1), "<x/>").await,
+            "replace other owner",
+        ),
+        false,
+        "replace_archived is per owner",
+    );
+    let page = ok(
+        s.query_archive(&room, &ArchiveFilter::default(), &page_of(10))
+            .await,
+        "after replace",
+    )
+    .expect("no ids");
+    same(sids(&page.items), (1..=3).map(sid).collect(), "order kept");
+    same(
+        page.items[1].stanza.as_str(),
+        "<message><retracted/></message>",
+        "replaced stanza",
+    );
+    same(page.items[1].stamp_micros, 20, "stamp kept");
+    same(page.items[0].stanza.as_str(), "<message/>", "others untouched");
+}
+
 async fn archive_prefs(cx: &Cx) {
     let s = &*cx.store;
     let owner = cx.jid("prefs");
@@ -1831,5 +1888,402 @@ async fn archive_prefs(cx: &Cx) {
         ok(s.archive_prefs(&cx.jid("prefs2")).await, "other"),
         None,
         "prefs are per owner",
+    );
+}
+
+fn room(jid: &str, service: &str, config: &str, created_micros: i64) -> StoredRoom {
+    StoredRoom {
+        jid: jid.to_string(),
+        service: service.to_string(),
+        config: config.to_string(),
+        created_micros,
+    }
+}
+
+fn aff(jid: &str, affiliation: &str, nick: Option<&str>, reason: Option<&str>) -> RoomAffiliation {
+    RoomAffiliation {
+        jid: jid.to_string(),
+        affiliation: affiliation.to_string(),
+        nick: nick.map(str::to_string),
+        reason: reason.map(str::to_string),
+    }
+}
+
+async fn muc_rooms(cx: &Cx) {
+    let s = &*cx.store;
+    let service = format!("conference.{}", cx.domain);
+    let other_service = format!("chat.{}", cx.domain);
+    let jid = |local: &str| format!("{local}@{service}");
+
+    same(
+        ok(s.load_rooms(&service).await, "load_rooms (none)"),
+        vec![],
+        "no rooms at first",
+    );
+    same(
+        ok(s.load_room(&jid("lobby")).await, "load_room (none)"),
+        None,
+        "missing room",
+    );
+    same(
+        ok(s.delete_room(&jid("lobby")).await, "delete (none)"),
+        false,
+        "delete missing room",
+    );
+
+    let lobby = room(
+        &jid("lobby"),
+        &service,
+        "<x xmlns='jabber:x:data'/>",
+        1_700_000_000_000_000,
+    );
+    ok(s.save_room(&lobby).await, "save");
+    same(
+        ok(s.load_room(&lobby.jid).await, "load"),
+        Some(lobby.clone()),
+        "room round trip",
+    );
+    ok(s.save_room(&lobby).await, "save again");
+    same(
+        ok(s.load_rooms(&service).await, "load_rooms"),
+        vec![lobby.clone()],
+        "save_room is idempotent",
+    );
+    let lobby2 = room(&lobby.jid, &service, "subject: \"hi\"\n<config a='ü'/>", -5);
+    ok(s.save_room(&lobby2).await, "replace");
+    same(
+        ok(s.load_room(&lobby.jid).await, "load"),
+        Some(lobby2.clone()),
+        "save_room replaces the row",
+    );
+    let big = "<field var='muc#roomconfig_roomdesc'><value>".to_string()
+        + &"Ωmega ".repeat(40_000)
+        + "</value></field>";
+    let lobby3 = room(&lobby.jid, &service, &big, 42);
+    ok(s.save_room(&lobby3).await, "replace big");
+    same(
+        ok(s.load_room(&lobby.jid).await, "load big").map(|r| r == lobby3),
+        Some(true),
+        "large config round trip",
+    );
+
+    // Code-point order: uppercase before lowercase, ASCII before the rest.
+    let mut rooms = vec![lobby3.clone()];
+    for (local, micros) in [
+        ("zebra", 3),
+        ("Alpha", 1),
+        ("café-☕", 2),
+        ("", 0),
+        ("日本語", 9),
+    ] {
+        let r = room(&jid(local), &service, local, micros);
+        ok(s.save_room(&r).await, "save many");
+        rooms.push(r);
+    }
+    let elsewhere = room(&format!("lobby@{other_service}"), &other_service, "", 7);
+    ok(s.save_room(&elsewhere).await, "save other service");
+    rooms.sort_by(|a, b| a.jid.cmp(&b.jid));
+    same(
+        ok(s.load_rooms(&service).await, "load_rooms"),
+        rooms.clone(),
+        "load_rooms filtered by service, sorted by jid",
+    );
+    same(
+        ok(s.load_rooms(&other_service).await, "load_rooms other"),
+        vec![elsewhere.clone()],
+        "load_rooms of another service",
+    );
+    same(
+        ok(s.load_room(&jid("café-☕")).await, "load unicode"),
+        Some(room(&jid("café-☕"), &service, "café-☕", 2)),
+        "unicode room jid",
+    );
+    same(
+        ok(s.load_room(&jid("CAFÉ-☕")).await, "load case"),
+        None,
+        "room jids compared byte for byte",
+    );
+
+    // Moving a room to another service through save_room.
+    let moved = room(&jid("zebra"), &other_service, "moved", 3);
+    ok(s.save_room(&moved).await, "move");
+    rooms.retain(|r| r.jid != moved.jid);
+    same(
+        ok(s.load_rooms(&service).await, "load_rooms after move"),
+        rooms.clone(),
+        "a moved room leaves its old service",
+    );
+    let mut want_other = vec![elsewhere.clone(), moved.clone()];
+    want_other.sort_by(|a, b| a.jid.cmp(&b.jid));
+    same(
+        ok(s.load_rooms(&other_service).await, "load_rooms other"),
+        want_other,
+        "a moved room joins its new service",
+    );
+
+    // delete_room takes the affiliations with it.
+    ok(
+        s.set_affiliation(&lobby.jid, &aff("owner@x", "owner", Some("Boss"), None))
+            .await,
+        "set on lobby",
+    );
+    ok(
+        s.set_affiliation(&jid("Alpha"), &aff("owner@x", "member", None, None))
+            .await,
+        "set on other room",
+    );
+    same(
+        ok(s.delete_room(&lobby.jid).await, "delete"),
+        true,
+        "delete existing room",
+    );
+    same(
+        ok(s.load_room(&lobby.jid).await, "load deleted"),
+        None,
+        "deleted room is gone",
+    );
+    same(
+        ok(s.affiliations(&lobby.jid).await, "affiliations of deleted"),
+        vec![],
+        "delete_room removes the room's affiliations",
+    );
+    same(
+        ok(s.delete_room(&lobby.jid).await, "delete again"),
+        false,
+        "second delete reports absent",
+    );
+    same(
+        ok(s.affiliations(&jid("Alpha")).await, "other room"),
+        vec![aff("owner@x", "member", None, None)],
+        "other rooms' affiliations survive a delete",
+    );
+    rooms.retain(|r| r.jid != lobby.jid);
+    same(
+        ok(s.load_rooms(&service).await, "load_rooms after delete"),
+        rooms,
+        "other rooms survive a delete",
+    );
+    ok(s.save_room(&lobby).await, "recreate");
+    same(
+        ok(s.affiliations(&lobby.jid).await, "recreated"),
+        vec![],
+        "a recreated room starts without stale affiliations",
+    );
+}
+
+async fn muc_affiliations(cx: &Cx) {
+    let s = &*cx.store;
+    let service = format!("aff.conference.{}", cx.domain);
+    let r = format!("room@{service}");
+    let other = format!("other@{service}");
+
+    same(
+        ok(s.affiliations(&r).await, "none"),
+        vec![],
+        "no affiliations at first",
+    );
+    // No room row exists: the store must not care.
+    ok(
+        s.set_affiliation(&r, &aff("z@x", "member", None, None))
+            .await,
+        "set without room row",
+    );
+    ok(
+        s.set_affiliation(
+            &r,
+            &aff(
+                "日本@x",
+                "admin",
+                Some("Ünïcødé 🎉"),
+                Some("weil \"ich\" <es> will"),
+            ),
+        )
+        .await,
+        "set unicode",
+    );
+    ok(
+        s.set_affiliation(&r, &aff("b.example", "outcast", None, Some("spam server")))
+            .await,
+        "set domain jid",
+    );
+    ok(
+        s.set_affiliation(&r, &aff("B@x", "owner", Some(""), Some("")))
+            .await,
+        "set empty nick",
+    );
+    let mut want = vec![
+        aff("z@x", "member", None, None),
+        aff(
+            "日本@x",
+            "admin",
+            Some("Ünïcødé 🎉"),
+            Some("weil \"ich\" <es> will"),
+        ),
+        aff("b.example", "outcast", None, Some("spam server")),
+        aff("B@x", "owner", Some(""), Some("")),
+    ];
+    want.sort_by(|a, b| a.jid.cmp(&b.jid));
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        want.clone(),
+        "affiliations sorted by jid, nick and reason round trip (empty is not absent)",
+    );
+    same(
+        ok(s.load_room(&r).await, "no room row"),
+        None,
+        "setting affiliations creates no room",
+    );
+
+    // Replacing one JID's affiliation replaces nick and reason too.
+    ok(
+        s.set_affiliation(&r, &aff("日本@x", "member", None, None))
+            .await,
+        "change",
+    );
+    for a in want.iter_mut().filter(|a| a.jid == "日本@x") {
+        *a = aff("日本@x", "member", None, None);
+    }
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        want.clone(),
+        "set_affiliation replaces the whole entry",
+    );
+
+    ok(
+        s.set_affiliation(&other, &aff("z@x", "owner", None, None))
+            .await,
+        "other room",
+    );
+    ok(
+        s.set_affiliation(&r, &aff("z@x", "none", Some("ignored"), None))
+            .await,
+        "remove",
+    );
+    want.retain(|a| a.jid != "z@x");
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        want.clone(),
+        "\"none\" removes the affiliation",
+    );
+    ok(
+        s.set_affiliation(&r, &aff("never@x", "none", None, None))
+            .await,
+        "remove absent",
+    );
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        want.clone(),
+        "\"none\" for an unaffiliated jid is a no-op",
+    );
+    same(
+        ok(s.affiliations(&other).await, "other"),
+        vec![aff("z@x", "owner", None, None)],
+        "affiliations are per room",
+    );
+    same(
+        ok(s.affiliations(&r.to_uppercase()).await, "case"),
+        vec![],
+        "room jids compared byte for byte",
+    );
+
+    // replace_affiliations: the old list goes entirely.
+    let list = vec![
+        aff("new@x", "owner", Some("Neu"), None),
+        aff("b.example", "member", None, Some("forgiven")),
+        aff("dup@x", "member", None, None),
+        aff("gone@x", "admin", None, None),
+        aff("dup@x", "admin", Some("last"), None),
+        aff("gone@x", "none", None, None),
+    ];
+    ok(s.replace_affiliations(&r, &list).await, "replace");
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        vec![
+            aff("b.example", "member", None, Some("forgiven")),
+            aff("dup@x", "admin", Some("last"), None),
+            aff("new@x", "owner", Some("Neu"), None),
+        ],
+        "replace_affiliations replaces the list (last duplicate wins, \"none\" dropped)",
+    );
+    same(
+        ok(s.affiliations(&other).await, "other"),
+        vec![aff("z@x", "owner", None, None)],
+        "replace_affiliations leaves other rooms alone",
+    );
+
+    // A large list in one call, and back to a small one.
+    let mut many: Vec<RoomAffiliation> = (0..1000)
+        .map(|i| {
+            let affiliation = ["owner", "admin", "member", "outcast"][i % 4];
+            let nick = (i % 3 == 0).then(|| format!("nick-{i}-ñ"));
+            let reason = (i % 5 == 0).then(|| format!("reason {i}"));
+            aff(
+                &format!("user{:04}-é@x.example", 999 - i),
+                affiliation,
+                nick.as_deref(),
+                reason.as_deref(),
+            )
+        })
+        .collect();
+    ok(s.replace_affiliations(&r, &many).await, "replace 1000");
+    many.sort_by(|a, b| a.jid.cmp(&b.jid));
+    same(
+        ok(s.affiliations(&r).await, "list 1000") == many,
+        true,
+        "1000-entry affiliation list round trip, sorted",
+    );
+    let small = vec![aff("only@x", "owner", None, None)];
+    ok(s.replace_affiliations(&r, &small).await, "replace small");
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        small,
+        "a replacement drops every earlier entry",
+    );
+    ok(s.replace_affiliations(&r, &[]).await, "replace empty");
+    same(
+        ok(s.affiliations(&r).await, "list"),
+        vec![],
+        "an empty replacement clears the list",
+    );
+    ok(s.replace_affiliations(&r, &[]).await, "replace empty again");
+}
+
+/// Concurrent replacements of one room's list never merge: one list wins whole.
+async fn muc_concurrency(cx: &Cx) {
+    let r = format!("busy@conference.{}", cx.domain);
+    let lists: Vec<Vec<RoomAffiliation>> = (0..6)
+        .map(|t| {
+            (0..40)
+                .map(|i| aff(&format!("t{t}-{i:02}@x"), "member", None, None))
+                .collect()
+        })
+        .collect();
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for list in lists.clone() {
+            let store = cx.store.clone();
+            let r = r.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .replace_affiliations(&r, &list)
+                    .await
+                    .expect("concurrent replace_affiliations");
+            }));
+        }
+        for t in tasks {
+            t.await.expect("replace task");
+        }
+        let got = ok(cx.store.affiliations(&r).await, "concurrent list");
+        assert!(
+            lists.contains(&got),
+            "[muc concurrency] round {round}: result is not one of the lists ({} entries)",
+            got.len()
+        );
+    }
+    ok(cx.store.delete_room(&r).await, "cleanup");
+    same(
+        ok(cx.store.affiliations(&r).await, "after delete"),
+        vec![],
+        "delete_room without a room row still drops affiliations",
     );
 }

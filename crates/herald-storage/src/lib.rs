@@ -4,7 +4,7 @@
 //!
 //! The contract is a set of small traits, one per domain ([`AccountStore`], [`RosterStore`],
 //! [`OfflineStore`], [`PrivateStore`], [`BlockStore`], [`LastActivityStore`],
-//! [`ArchiveStore`]), gathered into
+//! [`ArchiveStore`], [`MucStore`], [`FileStore`]), gathered into
 //! [`Storage`]. Splitting by domain keeps each protocol module honest about what it touches
 //! (a roster module takes `&dyn RosterStore`, not the whole database), keeps each contract
 //! small enough to specify exactly, and leaves room to move one domain elsewhere later (for
@@ -51,6 +51,10 @@ pub mod archive;
 mod archive_postgres;
 mod archive_sqlite;
 pub mod conformance;
+pub mod files;
+mod files_postgres;
+mod files_sqlite;
+pub mod muc;
 pub mod postgres;
 pub mod sqlite;
 
@@ -58,6 +62,11 @@ pub use archive::{
     ArchiveDefault, ArchiveFilter, ArchivePage, ArchivePaging, ArchivePrefs, ArchiveStore,
     ArchivedMessage, Direction, NewArchived,
 };
+pub use files::{
+    FileDownload, FileFilter, FileQuota, FileRecipient, FileRecord, FileState, FileStore,
+    FileUsage, NewFileSlot,
+};
+pub use muc::{MucStore, RoomAffiliation, StoredRoom};
 
 /// Result type of every storage call.
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -256,6 +265,8 @@ pub trait Storage:
     + BlockStore
     + LastActivityStore
     + ArchiveStore
+    + MucStore
+    + FileStore
     + Send
     + Sync
     + 'static

@@ -70,6 +70,16 @@ impl PostgresStore {
                 "archive",
                 include_str!("../migrations/postgres/0002_archive.sql"),
             ),
+            (
+                3,
+                "muc",
+                include_str!("../migrations/postgres/0003_muc.sql"),
+            ),
+            (
+                4,
+                "files",
+                include_str!("../migrations/postgres/0004_files.sql"),
+            ),
         ]);
         migrator.run(&pool).await.map_err(map_migrate_err)?;
         tracing::debug!(%target, "opened postgres store");

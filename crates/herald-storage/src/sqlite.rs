@@ -115,6 +115,12 @@ impl SqliteStore {
                 "archive",
                 include_str!("../migrations/sqlite/0002_archive.sql"),
             ),
+            (3, "muc", include_str!("../migrations/sqlite/0003_muc.sql")),
+            (
+                4,
+                "files",
+                include_str!("../migrations/sqlite/0004_files.sql"),
+            ),
         ]);
         // Two processes opening a fresh file at once may race on the first migration; the
         // loser fails on "table exists" and succeeds on retry, seeing it applied.
