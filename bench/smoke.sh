@@ -41,6 +41,7 @@ shutdown_grace_secs = 2
 c2s = ["127.0.0.1:0"]
 c2s_direct_tls = ["127.0.0.1:0"]
 http = []
+https = []
 component = []
 CFG
 

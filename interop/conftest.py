@@ -99,7 +99,9 @@ class Server:
         self.c2s_port = free_port()
         self.direct_tls_port = free_port()
         self.http_port = free_port()
+        self.https_port = free_port()
         self.component_port = free_port()
+        self.proxy65_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
         storage = ""
@@ -117,7 +119,9 @@ shutdown_grace_secs = 2
 c2s = ["{HOST}:{self.c2s_port}"]
 c2s_direct_tls = ["{HOST}:{self.direct_tls_port}"]
 http = ["{HOST}:{self.http_port}"]
+https = ["{HOST}:{self.https_port}"]
 component = ["{HOST}:{self.component_port}"]
+proxy65 = ["{HOST}:{self.proxy65_port}"]
 
 [auth]
 # every test connects from 127.0.0.1: keep the per-IP failure throttle out of the way

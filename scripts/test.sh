@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting and lints, unit and integration tests (SQLite and PostgreSQL),
-# and the slixmpp interop tier. Installs and starts what it needs.
+# and the interop tiers (slixmpp; xmpp.js and strophe.js in Node). Installs and starts
+# what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,3 +47,6 @@ HERALD_BIN="$PWD/target/debug/herald" bash interop/run.sh
 
 log "interop again, on PostgreSQL"
 HERALD_TEST_STORAGE=postgres HERALD_BIN="$PWD/target/debug/herald" bash interop/run.sh
+
+log "interop: xmpp.js (WebSocket, TCP) and strophe.js (BOSH) in Node against the real binary"
+HERALD_BIN="$PWD/target/debug/herald" sh interop/node/run.sh

@@ -28,7 +28,7 @@ async fn start_server() -> Server {
     let text = format!(
         "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = {:?}\n\
          [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\n\
-         http = []\ncomponent = []\n",
+         http = []\nhttps = []\ncomponent = []\nproxy65 = []\n",
         dir.path().join("data").display().to_string()
     );
     let settings = Config::parse(&text, "bench-test")

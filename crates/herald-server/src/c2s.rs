@@ -34,7 +34,13 @@ const MAX_SASL_ATTEMPTS: u32 = 3;
 /// Entry point for an accepted TCP connection.
 pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr, direct_tls: bool) {
     tracing::info!(%peer, direct_tls, "c2s connection");
-    let mut conn = Conn::new(&server, stream::plain(tcp), peer);
+    let conn = Conn::new(&server, stream::plain(tcp), peer);
+    serve_conn(server, conn, direct_tls).await
+}
+
+/// Runs a client stream on any transport: negotiation here, then the session in a task of
+/// its own. WebSocket and BOSH connections enter here with a framed [`Conn`].
+pub async fn serve_conn(server: Arc<Server>, mut conn: Conn, direct_tls: bool) {
     let preauth = Duration::from_secs(server.settings.raw.c2s.preauth_timeout_secs);
     let mut shutdown = server.shutdown.clone();
     let negotiated = tokio::select! {
@@ -270,6 +276,17 @@ async fn negotiate(
         if conn.secure {
             break domain;
         }
+        if !conn.is_byte_stream() {
+            // WebSocket and BOSH: encryption belongs to the HTTP layer (https); there is
+            // no STARTTLS to offer.
+            if require_tls {
+                return Err(stream_error(
+                    SErr::PolicyViolation,
+                    "encryption required: connect over https (wss://)",
+                ));
+            }
+            break domain;
+        }
         let mut f = features();
         let mut starttls = Element::new("starttls", ns::TLS);
         if require_tls {
@@ -316,8 +333,12 @@ async fn negotiate(
     if let Some(cb) = channel_binding_types(conn) {
         f.push(cb);
     }
-    if let Some(reg) = ext::register::stream_feature(server, &domain) {
-        f.push(reg);
+    // XEP-0077: accounts are only created on encrypted streams.
+    let registration = conn.secure;
+    if registration {
+        if let Some(reg) = ext::register::stream_feature(server, &domain) {
+            f.push(reg);
+        }
     }
     conn.queue_stream_element(&f);
     conn.flush().await?;
@@ -325,7 +346,7 @@ async fn negotiate(
     let mut requests = 0;
     let first = loop {
         let el = conn.next_stanza().await?;
-        if !ext::register::is_pre_auth_request(&el) {
+        if !registration || !ext::register::is_pre_auth_request(&el) {
             break el;
         }
         requests += 1;
@@ -376,7 +397,7 @@ async fn sasl2_complete(
             success.push(sasl2::token_element(&token, expiry));
         }
     }
-    if let Some((previd, h)) = &req.resume {
+    if let Some((previd, h)) = req.resume.as_ref().filter(|_| conn.supports_sm()) {
         if let Some(slot) = server.registry.resumable(previd, jid.bare_str()) {
             // The session task writes <success><resumed/></success> on the moved connection.
             let moved = std::mem::replace(conn, Conn::placeholder(server, conn.peer));
@@ -391,10 +412,12 @@ async fn sasl2_complete(
             }
         }
         success.push(sm::failed("item-not-found", None));
+    } else if req.resume.is_some() {
+        success.push(sm::failed("feature-not-implemented", None));
     }
     let Some(bind) = req.bind else {
         conn.queue(&success);
-        conn.queue_stream_element(&post_auth_features(server, jid.domain()));
+        conn.queue_stream_element(&post_auth_features(server, conn, jid.domain()));
         conn.flush().await?;
         return bind_loop(server, conn, jid).await;
     };
@@ -411,7 +434,7 @@ async fn sasl2_complete(
     let mut bound = Element::new("bound", sasl2::BIND2);
     let mut sm_state = None;
     let mut handoff = None;
-    if let Some(resume) = bind.sm {
+    if let Some(resume) = bind.sm.filter(|_| conn.supports_sm()) {
         let (enabled, state, rx_h) = enable_sm(server, &full, resume);
         bound.push(enabled);
         sm_state = Some(state);
@@ -438,13 +461,15 @@ async fn sasl2_complete(
 }
 
 /// Features after authentication, before a resource is bound.
-fn post_auth_features(server: &Server, domain: &str) -> Element {
+fn post_auth_features(server: &Server, conn: &Conn, domain: &str) -> Element {
     let mut f = features();
     f.push(Element::new("bind", ns::BIND));
     f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
     f.push(Element::new("ver", ns::ROSTER_VER));
     f.push(Element::new("sub", ns::PRE_APPROVAL));
-    f.push(Element::new("sm", ns::SM));
+    if conn.supports_sm() {
+        f.push(Element::new("sm", ns::SM));
+    }
     f.push(Element::new("csi", ns::CSI));
     if let Some(c) = ext::disco::caps_feature(server, domain) {
         f.push(c);
@@ -483,7 +508,7 @@ fn enable_sm(
 fn mechanisms(server: &Server, conn: &Conn) -> Element {
     let mut m = Element::new("mechanisms", ns::SASL);
     let mut add = |name: &str| m.push(Element::new("mechanism", ns::SASL).with_text(name));
-    if conn.secure {
+    if plus_offered(conn) {
         for h in [ScramHash::Sha512, ScramHash::Sha256, ScramHash::Sha1] {
             add(h.plus_mechanism());
         }
@@ -497,9 +522,15 @@ fn mechanisms(server: &Server, conn: &Conn) -> Element {
     m
 }
 
+/// SCRAM `-PLUS` is offered: the stream is encrypted and we have channel-binding data
+/// (not so for a WebSocket on plain HTTP from loopback, which counts as secure).
+fn plus_offered(conn: &Conn) -> bool {
+    conn.secure && conn.can_bind_channel()
+}
+
 /// XEP-0440: which channel-binding types this connection supports.
 fn channel_binding_types(conn: &Conn) -> Option<Element> {
-    if !conn.secure {
+    if !plus_offered(conn) {
         return None;
     }
     let mut e = Element::new("sasl-channel-binding", "urn:xmpp:sasl-cb:0");
@@ -508,10 +539,12 @@ fn channel_binding_types(conn: &Conn) -> Option<Element> {
             Element::new("channel-binding", "urn:xmpp:sasl-cb:0").with_attr("type", "tls-exporter"),
         );
     }
-    e.push(
-        Element::new("channel-binding", "urn:xmpp:sasl-cb:0")
-            .with_attr("type", "tls-server-end-point"),
-    );
+    if conn.binding.tls_server_end_point.is_some() {
+        e.push(
+            Element::new("channel-binding", "urn:xmpp:sasl-cb:0")
+                .with_attr("type", "tls-server-end-point"),
+        );
+    }
     Some(e)
 }
 
@@ -754,10 +787,10 @@ async fn sasl_exchange(
     let Some((hash, plus)) = ScramHash::from_mechanism(mech) else {
         return Ok(Err((sasl::SaslError::InvalidMechanism.into(), None)));
     };
-    if plus && !conn.secure {
+    if plus && !plus_offered(conn) {
         return Ok(Err((sasl::SaslError::InvalidMechanism.into(), None)));
     }
-    let mut scram = ScramServer::new(hash, plus, conn.binding.clone(), conn.secure);
+    let mut scram = ScramServer::new(hash, plus, conn.binding.clone(), plus_offered(conn));
     let first = match scram.client_first(&initial) {
         Ok(f) => f,
         Err(e) => return Ok(Err((e.into(), None))),
@@ -858,16 +891,7 @@ async fn bind_stage(
     jid: Jid,
 ) -> Result<Negotiated, StreamEnd> {
     open_stream(server, conn).await?;
-    let mut f = features();
-    f.push(Element::new("bind", ns::BIND));
-    f.push(Element::new("session", ns::SESSION).with_child(Element::new("optional", ns::SESSION)));
-    f.push(Element::new("ver", ns::ROSTER_VER));
-    f.push(Element::new("sub", ns::PRE_APPROVAL));
-    f.push(Element::new("sm", ns::SM));
-    f.push(Element::new("csi", ns::CSI));
-    if let Some(c) = ext::disco::caps_feature(server, jid.domain()) {
-        f.push(c);
-    }
+    let f = post_auth_features(server, conn, jid.domain());
     conn.queue_stream_element(&f);
     conn.flush().await?;
     bind_loop(server, conn, jid).await
@@ -880,6 +904,11 @@ async fn bind_loop(
 ) -> Result<Negotiated, StreamEnd> {
     loop {
         let el = conn.next_stanza().await?;
+        if el.is("resume", ns::SM) && !conn.supports_sm() {
+            conn.send(&sm::failed("feature-not-implemented", None))
+                .await?;
+            continue;
+        }
         if el.is("resume", ns::SM) {
             let (Some(previd), Some(h)) = (el.attr("previd"), sm::parse_h(&el)) else {
                 conn.send(&sm::failed("bad-request", None)).await?;
@@ -1143,8 +1172,9 @@ async fn connected(
             r = conn.read_some() => if let Err(e) = r { return LoopEnd::End(e); },
             msg = rx.recv() => {
                 let mut next = msg;
+                let mut batch = 0;
                 // Batch whatever else is already queued into one write.
-                for _ in 0..64 {
+                loop {
                     match next {
                         Some(Outbound::Stanza(el)) => {
                             // XEP-0357 with XEP-0352: an inactive client may be asleep.
@@ -1155,6 +1185,12 @@ async fn connected(
                         }
                         Some(Outbound::Close(c)) => return LoopEnd::End(StreamEnd::Error(c.0, c.1)),
                         None => return LoopEnd::End(StreamEnd::Error(SErr::InternalServerError, None)),
+                    }
+                    batch += 1;
+                    // Stop before taking another one out of the queue: a stanza taken and
+                    // not written would be lost.
+                    if batch == 64 {
+                        break;
                     }
                     match rx.try_recv() {
                         Ok(m) => next = Some(m),
@@ -1282,6 +1318,11 @@ fn stream_management(
     el: &Element,
 ) -> Result<(), StreamEnd> {
     match (el.name.as_str(), session.sm.as_mut()) {
+        ("enable", None) if !conn.supports_sm() => {
+            // BOSH: acknowledgements and retransmission are the binding's job.
+            conn.queue(&sm::failed("feature-not-implemented", None));
+            Ok(())
+        }
         ("enable", None) => {
             let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
             let (enabled, state, handoff) = enable_sm(server, &session.jid, wants_resume);

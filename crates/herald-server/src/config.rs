@@ -53,6 +53,8 @@ pub struct Config {
     pub proxy65: Proxy65Section,
     /// The HTTP(S) service: WebSocket, BOSH, host-meta, uploads.
     pub http: HttpSection,
+    /// XEP-0124/XEP-0206 BOSH sessions on the HTTP service.
+    pub bosh: BoshSection,
     pub log: LogSection,
 }
 
@@ -63,6 +65,22 @@ pub struct MucSection {
     pub enabled: bool,
     /// The service's domain; `{domain}` is replaced by each served domain.
     pub domain: String,
+    /// Who may create rooms: "local" (users of the served domain), "anyone" or "admins".
+    pub create: String,
+    /// Bare JIDs that own every room of the service (and may always create rooms).
+    pub admins: Vec<String>,
+    /// Occupants per room at most (a room's own limit can only be lower).
+    pub max_users: u32,
+    /// Join-time history length of new rooms.
+    pub history_length: u32,
+    /// Upper bound for a room's history length.
+    pub max_history: u32,
+    /// New rooms are persistent (kept when empty, survive restarts).
+    pub default_persistent: bool,
+    /// New rooms are listed in the service's disco#items.
+    pub default_public: bool,
+    /// New rooms archive their messages (XEP-0313) when persistent.
+    pub default_logging: bool,
 }
 
 impl Default for MucSection {
@@ -70,6 +88,14 @@ impl Default for MucSection {
         MucSection {
             enabled: true,
             domain: "conference.{domain}".into(),
+            create: "local".into(),
+            admins: Vec::new(),
+            max_users: 5000,
+            history_length: 20,
+            max_history: 200,
+            default_persistent: false,
+            default_public: true,
+            default_logging: true,
         }
     }
 }
@@ -81,6 +107,19 @@ pub struct UploadSection {
     pub enabled: bool,
     /// The service's domain; `{domain}` is replaced by each served domain.
     pub domain: String,
+    /// Largest file accepted, in bytes.
+    pub max_file_size: u64,
+    /// Bytes one user may upload in 24 hours; 0 = unlimited.
+    pub quota_daily_bytes: u64,
+    /// Bytes one user may have stored at once; 0 = unlimited.
+    pub quota_total_bytes: u64,
+    /// Days an uploaded file is kept (then deleted, its links answer 404); 0 = forever.
+    pub expire_after_days: u32,
+    /// Seconds a granted slot's upload URL stays valid.
+    pub slot_ttl_secs: u64,
+    /// HMAC key signing upload and download URLs; default: generated into
+    /// `data_dir/upload.secret` on first start.
+    pub secret: Option<String>,
 }
 
 impl Default for UploadSection {
@@ -88,6 +127,12 @@ impl Default for UploadSection {
         UploadSection {
             enabled: true,
             domain: "upload.{domain}".into(),
+            max_file_size: 100 * 1024 * 1024,
+            quota_daily_bytes: 1024 * 1024 * 1024,
+            quota_total_bytes: 10 * 1024 * 1024 * 1024,
+            expire_after_days: 30,
+            slot_ttl_secs: 300,
+            secret: None,
         }
     }
 }
@@ -99,6 +144,18 @@ pub struct Proxy65Section {
     pub enabled: bool,
     /// The service's domain; `{domain}` is replaced by each served domain.
     pub domain: String,
+    /// Host name or IP address announced to clients; default: the first `listen.proxy65`
+    /// address.
+    pub host: Option<String>,
+    /// Port announced to clients; default: the first `listen.proxy65` port (useful
+    /// behind port forwarding).
+    pub port: Option<u16>,
+    /// Bytes per second relayed for one transfer (both directions together); 0 = unlimited.
+    pub max_bytes_per_sec: u64,
+    /// Seconds a connection may wait for its partner and the activation.
+    pub activation_timeout_secs: u64,
+    /// Seconds an activated transfer may pass no data before it is closed.
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for Proxy65Section {
@@ -106,6 +163,11 @@ impl Default for Proxy65Section {
         Proxy65Section {
             enabled: true,
             domain: "proxy.{domain}".into(),
+            host: None,
+            port: None,
+            max_bytes_per_sec: 0,
+            activation_timeout_secs: 60,
+            idle_timeout_secs: 300,
         }
     }
 }
@@ -117,6 +179,34 @@ pub struct HttpSection {
     /// Base URL clients reach the HTTP service at (behind a reverse proxy); default: the
     /// first https listener, else the first http one.
     pub public_url: Option<String>,
+}
+
+/// XEP-0124 BOSH session parameters (the server's side of the negotiation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoshSection {
+    /// Longest time a request is held waiting for data; clients may ask for less.
+    pub max_wait_secs: u64,
+    /// How long a session survives with no request held before it ends.
+    pub inactivity_secs: u64,
+    /// Longest session pause (XEP-0124 §12) a client may ask for.
+    pub max_pause_secs: u64,
+    /// Shortest interval between empty polling requests.
+    pub polling_secs: u64,
+    /// Largest request body; default: twice `c2s.max_stanza_bytes`.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl Default for BoshSection {
+    fn default() -> Self {
+        BoshSection {
+            max_wait_secs: 60,
+            inactivity_secs: 60,
+            max_pause_secs: 300,
+            polling_secs: 2,
+            max_body_bytes: None,
+        }
+    }
 }
 
 /// Which built-in service answers at a service domain.
@@ -168,9 +258,14 @@ pub struct ListenSection {
     pub c2s: Vec<String>,
     /// Client-to-server with TLS from the first byte (XEP-0368).
     pub c2s_direct_tls: Vec<String>,
+    /// HTTP: health check, WebSocket, BOSH, host-meta, uploads.
     pub http: Vec<String>,
+    /// The same HTTP service inside TLS, with the server's certificate.
+    pub https: Vec<String>,
     /// XEP-0114 external components.
     pub component: Vec<String>,
+    /// XEP-0065 SOCKS5 bytestream proxy.
+    pub proxy65: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,7 +480,9 @@ impl Default for ListenSection {
             c2s: vec!["127.0.0.1:5222".into()],
             c2s_direct_tls: vec!["127.0.0.1:5223".into()],
             http: vec!["127.0.0.1:5280".into()],
+            https: vec!["127.0.0.1:5443".into()],
             component: vec!["127.0.0.1:5347".into()],
+            proxy65: vec!["127.0.0.1:7777".into()],
         }
     }
 }
@@ -493,7 +590,10 @@ pub struct Settings {
     pub c2s: Vec<SocketAddr>,
     pub c2s_direct_tls: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
     pub component: Vec<SocketAddr>,
+    /// XEP-0065 proxy listeners (empty when `proxy65.enabled` is false).
+    pub proxy65: Vec<SocketAddr>,
     pub components: Vec<(String, String)>,
     /// Built-in services by their domain.
     pub services: std::collections::HashMap<String, ServiceDomain>,
@@ -583,13 +683,20 @@ impl Config {
         let c2s = addrs("listen.c2s", &self.listen.c2s)?;
         let c2s_direct_tls = addrs("listen.c2s_direct_tls", &self.listen.c2s_direct_tls)?;
         let http = addrs("listen.http", &self.listen.http)?;
+        let https = addrs("listen.https", &self.listen.https)?;
         let component = addrs("listen.component", &self.listen.component)?;
+        let mut proxy65 = addrs("listen.proxy65", &self.listen.proxy65)?;
+        if !self.proxy65.enabled {
+            proxy65.clear();
+        }
         let mut seen = std::collections::HashSet::new();
         for a in c2s
             .iter()
             .chain(&c2s_direct_tls)
             .chain(&http)
+            .chain(&https)
             .chain(&component)
+            .chain(&proxy65)
         {
             if a.port() != 0 && !seen.insert(*a) {
                 return Err(bad("listen", format!("{a} is used by two listeners")));
@@ -902,6 +1009,75 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err(bad("log.level", "must not be empty".into()));
         }
+        if let Some(url) = &self.http.public_url {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            let host = rest.map(|r| r.split('/').next().unwrap_or(""));
+            if host.is_none_or(|h| h.is_empty())
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+                || url.contains(['?', '#'])
+            {
+                return Err(bad(
+                    "http.public_url",
+                    format!("{url:?} must be an http:// or https:// URL such as \"https://chat.example.org\""),
+                ));
+            }
+            self.http.public_url = Some(url.trim_end_matches('/').to_string());
+        }
+        let b = &self.bosh;
+        if !(1..=3600).contains(&b.max_wait_secs) {
+            return Err(bad(
+                "bosh.max_wait_secs",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if !(b.max_wait_secs.max(5)..=86_400).contains(&b.inactivity_secs) {
+            return Err(bad(
+                "bosh.inactivity_secs",
+                "must be at least max_wait_secs (and 5) and at most 86400".into(),
+            ));
+        }
+        if b.max_pause_secs > 86_400 {
+            return Err(bad("bosh.max_pause_secs", "must be at most 86400".into()));
+        }
+        if b.polling_secs > 60 {
+            return Err(bad("bosh.polling_secs", "must be at most 60".into()));
+        }
+        if let Some(n) = b.max_body_bytes {
+            if n < self.c2s.max_stanza_bytes {
+                return Err(bad(
+                    "bosh.max_body_bytes",
+                    "must be at least c2s.max_stanza_bytes".into(),
+                ));
+            }
+        }
+        if !matches!(self.muc.create.as_str(), "local" | "anyone" | "admins") {
+            return Err(bad(
+                "muc.create",
+                format!(
+                    "{:?}: expected \"local\", \"anyone\" or \"admins\"",
+                    self.muc.create
+                ),
+            ));
+        }
+        let mut muc_admins = Vec::new();
+        for a in &self.muc.admins {
+            let j = Jid::parse(a)
+                .ok()
+                .filter(|j| j.node().is_some() && j.resource().is_none())
+                .ok_or_else(|| bad("muc.admins", format!("{a:?} is not a bare JID")))?;
+            muc_admins.push(j.as_str().to_string());
+        }
+        self.muc.admins = muc_admins;
+        if !(1..=100_000).contains(&self.muc.max_users) {
+            return Err(bad("muc.max_users", "must be between 1 and 100000".into()));
+        }
+        if self.muc.max_history > 10_000 {
+            return Err(bad("muc.max_history", "must be at most 10000".into()));
+        }
+        self.validate_upload(&bad)?;
+        self.validate_proxy65(&bad, &proxy65)?;
         let mut services = std::collections::HashMap::new();
         for (key, enabled, template, kind) in [
             (
@@ -918,7 +1094,7 @@ impl Config {
             ),
             (
                 "proxy65.domain",
-                self.proxy65.enabled,
+                self.proxy65.enabled && !proxy65.is_empty(),
                 &self.proxy65.domain,
                 ServiceKind::Proxy65,
             ),
@@ -965,10 +1141,112 @@ impl Config {
             c2s,
             c2s_direct_tls,
             http,
+            https,
             component,
+            proxy65,
             components,
             services,
         })
+    }
+
+    fn validate_upload(
+        &self,
+        bad: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let u = &self.upload;
+        if !(1..=1 << 40).contains(&u.max_file_size) {
+            return Err(bad(
+                "upload.max_file_size",
+                "must be between 1 and 1099511627776 bytes (1 TiB)".into(),
+            ));
+        }
+        for (key, quota) in [
+            ("upload.quota_daily_bytes", u.quota_daily_bytes),
+            ("upload.quota_total_bytes", u.quota_total_bytes),
+        ] {
+            if quota != 0 && quota < u.max_file_size {
+                return Err(bad(
+                    key,
+                    format!(
+                        "{quota} is below upload.max_file_size ({}): use 0 for unlimited or at least max_file_size",
+                        u.max_file_size
+                    ),
+                ));
+            }
+        }
+        if u.expire_after_days > 36_500 {
+            return Err(bad(
+                "upload.expire_after_days",
+                "must be at most 36500 (0 keeps files forever)".into(),
+            ));
+        }
+        if !(10..=86_400).contains(&u.slot_ttl_secs) {
+            return Err(bad(
+                "upload.slot_ttl_secs",
+                "must be between 10 and 86400 (a day)".into(),
+            ));
+        }
+        if let Some(secret) = &u.secret {
+            if secret.len() < 16 {
+                return Err(bad(
+                    "upload.secret",
+                    "must be at least 16 characters (or leave it unset to generate one)".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_proxy65(
+        &self,
+        bad: &impl Fn(&str, String) -> ConfigError,
+        listeners: &[SocketAddr],
+    ) -> Result<(), ConfigError> {
+        let p = &self.proxy65;
+        // Without a listener there is no proxy (and no service domain for it).
+        if !p.enabled || listeners.is_empty() {
+            return Ok(());
+        }
+        match &p.host {
+            Some(h) => {
+                if h.is_empty()
+                    || h.len() > 255
+                    || h.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+                {
+                    return Err(bad(
+                        "proxy65.host",
+                        format!("{h:?} is not a host name or IP address"),
+                    ));
+                }
+            }
+            None => {
+                if listeners[0].ip().is_unspecified() {
+                    return Err(bad(
+                        "proxy65.host",
+                        format!(
+                            "must be set: the listener {} is not an address clients can connect to",
+                            listeners[0]
+                        ),
+                    ));
+                }
+            }
+        }
+        if p.port == Some(0) {
+            return Err(bad("proxy65.port", "must be between 1 and 65535".into()));
+        }
+        if !(1..=3600).contains(&p.activation_timeout_secs) {
+            return Err(bad(
+                "proxy65.activation_timeout_secs",
+                "must be between 1 and 3600".into(),
+            ));
+        }
+        if !(1..=86_400).contains(&p.idle_timeout_secs) {
+            return Err(bad(
+                "proxy65.idle_timeout_secs",
+                "must be between 1 and 86400".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -1014,6 +1292,58 @@ mod tests {
         assert_eq!(s.domains, vec!["localhost"]);
         assert!(s.storage_url.starts_with("sqlite://"));
         assert_eq!(s.c2s[0].port(), 5222);
+    }
+
+    #[test]
+    fn http_listeners_and_public_url() {
+        let s = Config::load(None).unwrap();
+        assert_eq!(s.https[0].port(), 5443, "https listens by default");
+        assert_eq!(s.raw.http.public_url, None);
+        let s = check(
+            "[listen]\nhttps = [\"127.0.0.1:8443\"]\n[http]\npublic_url = \"https://chat.example.org/\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.https[0].port(), 8443);
+        assert_eq!(
+            s.raw.http.public_url.as_deref(),
+            Some("https://chat.example.org"),
+            "a trailing slash is dropped"
+        );
+        assert!(check("[http]\npublic_url = \"http://127.0.0.1:5280/xmpp\"\n").is_ok());
+        for bad in [
+            "ftp://chat.example.org",
+            "chat.example.org",
+            "https://",
+            "https:// x",
+            "https://a.example/?q=1",
+        ] {
+            match check(&format!("[http]\npublic_url = {bad:?}\n")) {
+                Err(e @ ConfigError::Invalid { .. }) => {
+                    let text = e.to_string();
+                    assert!(text.contains("[http.public_url]"), "{text}");
+                    assert!(!text.contains('\n'), "one line: {text}");
+                }
+                other => panic!("{bad}: expected an error, got {other:?}"),
+            }
+        }
+        let e = check("[listen]\nhttp=[\"127.0.0.1:5000\"]\nhttps=[\"127.0.0.1:5000\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("used by two listeners"), "{e}");
+        let e = check("[listen]\nhttps=[\"localhost:5443\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[listen.https]"), "{e}");
+        for (bad, key) in [
+            ("[bosh]\nmax_wait_secs = 0", "bosh.max_wait_secs"),
+            ("[bosh]\ninactivity_secs = 10", "bosh.inactivity_secs"),
+            ("[bosh]\nmax_body_bytes = 1000", "bosh.max_body_bytes"),
+        ] {
+            match check(bad) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: expected an error on {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -1153,6 +1483,71 @@ mod tests {
             }
         }
         assert!(check("[[external_service]]\ntype = \"turn\"\nhost = \"h\"").is_err());
+    }
+
+    #[test]
+    fn upload_and_proxy65_sections() {
+        let s = Config::load(None).unwrap();
+        assert_eq!(s.raw.upload.max_file_size, 100 * 1024 * 1024);
+        assert_eq!(s.raw.upload.expire_after_days, 30);
+        assert!(s.raw.upload.secret.is_none());
+        assert_eq!(s.proxy65, vec!["127.0.0.1:7777".parse().unwrap()]);
+        let s = check(
+            "[upload]\nmax_file_size = 1000\nquota_daily_bytes = 0\nquota_total_bytes = 5000\n\
+             expire_after_days = 0\nslot_ttl_secs = 60\nsecret = \"0123456789abcdef\"\n\
+             [proxy65]\nhost = \"proxy.example.test\"\nport = 7000\nmax_bytes_per_sec = 1000\n\
+             [listen]\nproxy65 = [\"0.0.0.0:7777\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.raw.upload.quota_total_bytes, 5000);
+        assert_eq!(s.raw.proxy65.port, Some(7000));
+        assert!(s.service("proxy.localhost").is_some());
+        let s = check("[proxy65]\nenabled = false\n").unwrap();
+        assert!(s.proxy65.is_empty(), "no listener when disabled");
+        assert!(s.service("proxy.localhost").is_none());
+        let s = check("[listen]\nproxy65 = []\n").unwrap();
+        assert!(
+            s.service("proxy.localhost").is_none(),
+            "no listener, no proxy service"
+        );
+        for (bad, key) in [
+            ("[upload]\nmax_file_size = 0", "upload.max_file_size"),
+            (
+                "[upload]\nmax_file_size = 1000\nquota_daily_bytes = 999",
+                "upload.quota_daily_bytes",
+            ),
+            (
+                "[upload]\nmax_file_size = 1000\nquota_total_bytes = 10",
+                "upload.quota_total_bytes",
+            ),
+            (
+                "[upload]\nexpire_after_days = 100000",
+                "upload.expire_after_days",
+            ),
+            ("[upload]\nslot_ttl_secs = 1", "upload.slot_ttl_secs"),
+            ("[upload]\nsecret = \"short\"", "upload.secret"),
+            ("[listen]\nproxy65 = [\"x\"]", "listen.proxy65"),
+            ("[listen]\nproxy65 = [\"0.0.0.0:7777\"]", "proxy65.host"),
+            ("[proxy65]\nhost = \"a b\"", "proxy65.host"),
+            ("[proxy65]\nport = 0", "proxy65.port"),
+            (
+                "[proxy65]\nactivation_timeout_secs = 0",
+                "proxy65.activation_timeout_secs",
+            ),
+            (
+                "[proxy65]\nidle_timeout_secs = 0",
+                "proxy65.idle_timeout_secs",
+            ),
+            (
+                "[listen]\nproxy65 = [\"127.0.0.1:5222\"]\nc2s = [\"127.0.0.1:5222\"]",
+                "listen",
+            ),
+        ] {
+            match check(bad) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{bad}"),
+                other => panic!("{bad}: expected an error on {key}, got {other:?}"),
+            }
+        }
     }
 
     #[test]

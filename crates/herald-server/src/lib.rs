@@ -50,10 +50,18 @@ pub struct Server {
     pub push: ext::push::Push,
     /// XEP-0077 accounts created per client IP.
     pub registrations: ext::register::RateLimit,
+    /// XEP-0045 rooms.
+    pub muc: ext::muc::Muc,
+    /// XEP-0363 upload service: blob store, URL signing key, uploads in progress.
+    pub upload: ext::upload::Upload,
+    /// XEP-0065 proxy: announced address, connections awaiting activation.
+    pub proxy65: ext::proxy65::Proxy65,
     /// Base URL of the HTTP service in links the server hands out (no trailing slash):
     /// `[http] public_url`, else the first https listener, else the first http one; empty
     /// when there is no HTTP listener.
     pub http_base: String,
+    /// XEP-0124 BOSH sessions by sid.
+    pub bosh: http::bosh::Sessions,
 }
 
 impl Server {
@@ -76,6 +84,10 @@ pub enum RunError {
     },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error("upload service: {0}")]
+    Upload(#[from] ext::upload::InitError),
+    #[error("cannot load chat rooms: {0}")]
+    Rooms(herald_storage::StorageError),
 }
 
 /// Addresses actually bound (ports resolved when the config said `:0`).
@@ -84,7 +96,9 @@ pub struct Bound {
     pub c2s: Vec<SocketAddr>,
     pub c2s_direct_tls: Vec<SocketAddr>,
     pub http: Vec<SocketAddr>,
+    pub https: Vec<SocketAddr>,
     pub component: Vec<SocketAddr>,
+    pub proxy65: Vec<SocketAddr>,
 }
 
 /// A started server: its addresses, and a future that ends when it has shut down.
@@ -166,7 +180,9 @@ pub async fn start(
     let c2s = bind_all(&settings.c2s, "c2s").await?;
     let direct = bind_all(&settings.c2s_direct_tls, "c2s_direct_tls").await?;
     let http = bind_all(&settings.http, "http").await?;
+    let https = bind_all(&settings.https, "https").await?;
     let comp = bind_all(&settings.component, "component").await?;
+    let proxy65 = bind_all(&settings.proxy65, "proxy65").await?;
     let addr = |ls: &[TcpListener]| {
         ls.iter()
             .filter_map(|l| l.local_addr().ok())
@@ -176,7 +192,9 @@ pub async fn start(
         c2s: addr(&c2s),
         c2s_direct_tls: addr(&direct),
         http: addr(&http),
+        https: addr(&https),
         component: addr(&comp),
+        proxy65: addr(&proxy65),
     };
 
     let throttle = throttle::AuthThrottle::new(
@@ -185,14 +203,19 @@ pub async fn start(
     );
     let http_base = match &settings.raw.http.public_url {
         Some(u) => u.trim_end_matches('/').to_string(),
-        None => bound
-            .http
-            .first()
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_default(),
+        None => match (bound.https.first(), bound.http.first()) {
+            (Some(a), _) => format!("https://{a}"),
+            (None, Some(a)) => format!("http://{a}"),
+            (None, None) => String::new(),
+        },
     };
+    let upload = ext::upload::Upload::open(&settings).await?;
+    let proxy = ext::proxy65::Proxy65::new(&settings, &bound.proxy65);
     let server = Arc::new(Server {
+        upload,
+        proxy65: proxy,
         http_base,
+        bosh: http::bosh::Sessions::default(),
         components: component::ComponentTable::new(&settings.components),
         iq: ext::IqRegistry::standard(),
         settings,
@@ -207,10 +230,16 @@ pub async fn start(
         pep: ext::pep::Pep::default(),
         push: ext::push::Push::default(),
         registrations: ext::register::RateLimit::default(),
+        muc: ext::muc::Muc::default(),
     });
 
+    let rooms = ext::muc::load(&server).await.map_err(RunError::Rooms)?;
     let mut tasks = JoinSet::new();
     tasks.spawn(ext::mam::retention_task(server.clone()));
+    tasks.spawn(ext::upload::expiry_task(server.clone()));
+    for l in proxy65 {
+        tasks.spawn(ext::proxy65::accept_loop(server.clone(), l));
+    }
     for l in c2s {
         tasks.spawn(accept_loop(server.clone(), l, Kind::C2s));
     }
@@ -220,6 +249,9 @@ pub async fn start(
     for l in http {
         tasks.spawn(accept_loop(server.clone(), l, Kind::Http));
     }
+    for l in https {
+        tasks.spawn(accept_loop(server.clone(), l, Kind::Https));
+    }
     for l in comp {
         tasks.spawn(accept_loop(server.clone(), l, Kind::Component));
     }
@@ -228,8 +260,11 @@ pub async fn start(
         c2s = ?bound.c2s,
         direct_tls = ?bound.c2s_direct_tls,
         http = ?bound.http,
+        https = ?bound.https,
         component = ?bound.component,
+        proxy65 = ?bound.proxy65,
         storage = server.storage.backend_name(),
+        rooms,
         "herald started"
     );
     Ok(Running {
@@ -244,12 +279,16 @@ enum Kind {
     C2s,
     DirectTls,
     Http,
+    Https,
     Component,
 }
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Kind) {
     let mut shutdown = server.shutdown.clone();
     let mut conns = JoinSet::new();
+    // The HTTP service's routes and TLS settings, built once per listener.
+    let web = matches!(kind, Kind::Http | Kind::Https).then(|| http::router(server.clone()));
+    let tls = matches!(kind, Kind::Https).then(|| http::tls_acceptor(&server));
     loop {
         tokio::select! {
             r = listener.accept() => match r {
@@ -259,7 +298,9 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Kind) {
                     match kind {
                         Kind::C2s => { conns.spawn(c2s::serve(s, tcp, peer, false)); }
                         Kind::DirectTls => { conns.spawn(c2s::serve(s, tcp, peer, true)); }
-                        Kind::Http => { conns.spawn(http::serve(s, tcp, peer)); }
+                        Kind::Http | Kind::Https => if let Some(router) = &web {
+                            conns.spawn(http::serve(s, router.clone(), tcp, peer, tls.clone()));
+                        },
                         Kind::Component => { conns.spawn(component::serve(s, tcp, peer)); }
                     }
                 }

@@ -32,11 +32,17 @@ pub fn feature(conn: &Conn, mechanisms: &Element) -> Element {
     }
     let mut inline = Element::new("inline", NS);
     let mut bind_inline = Element::new("inline", BIND2);
+    // XEP-0198 is not offered over BOSH, which has acknowledgements of its own.
+    let sm = conn.supports_sm();
     for var in [ns::CARBONS, ns::CSI, ns::SM] {
-        bind_inline.push(Element::new("feature", BIND2).with_attr("var", var));
+        if var != ns::SM || sm {
+            bind_inline.push(Element::new("feature", BIND2).with_attr("var", var));
+        }
     }
     inline.push(Element::new("bind", BIND2).with_child(bind_inline));
-    inline.push(Element::new("sm", ns::SM));
+    if sm {
+        inline.push(Element::new("sm", ns::SM));
+    }
     let mut fast = Element::new("fast", FAST);
     for m in fast_mechanisms(conn) {
         fast.push(Element::new("mechanism", FAST).with_text(m));

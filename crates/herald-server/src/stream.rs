@@ -1,9 +1,12 @@
 //! One XML stream over one transport: reading with the framing limits and a byte-rate limit,
-//! writing stanzas without intermediate strings, and the TLS upgrade.
+//! writing stanzas without intermediate strings, and the TLS upgrade. The transport is a
+//! byte stream (TCP, TLS) or a message-oriented one carrying whole elements (WebSocket,
+//! BOSH); negotiation and sessions see the same events either way.
 //!
 //! The read path is cancel-safe (`read_some` may be dropped inside `select!`): bytes are fed
 //! to the parser as soon as they arrive and events are pulled from it separately.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -78,13 +81,40 @@ impl RateLimit {
     }
 }
 
+/// How a stream's elements travel.
+enum Transport {
+    /// RFC 6120 over TCP, optionally inside TLS: one long XML document parsed as the bytes
+    /// arrive, written as bytes.
+    Stream {
+        io: Box<dyn Io>,
+        parser: StreamParser,
+    },
+    /// A message-oriented transport carrying whole elements (RFC 7395 WebSocket, XEP-0206
+    /// BOSH). `frames` holds the end offset in `wbuf` of each queued element; `inbox` the
+    /// events received and not yet taken. Both are empty (unallocated) while idle.
+    Framed {
+        link: Framed,
+        frames: Vec<usize>,
+        inbox: VecDeque<StreamEvent>,
+    },
+}
+
+/// The message-oriented transports. Each turns its framing into stream events on input
+/// (its own open and close elements become [`StreamEvent::Open`] and
+/// [`StreamEvent::Close`]) and frames whole elements on output, so negotiation and the
+/// session loop in `c2s.rs` run unchanged over it.
+pub enum Framed {
+    WebSocket(Box<crate::http::ws::Link>),
+    Bosh(crate::http::bosh::Link),
+}
+
 pub struct Conn {
-    io: Box<dyn Io>,
-    parser: StreamParser,
-    limits: (usize, usize, usize),
+    transport: Transport,
+    limits: Limits,
     wbuf: Vec<u8>,
     rate: RateLimit,
     pub peer: SocketAddr,
+    /// The channel is encrypted (TLS here or, for HTTP transports, see `http.rs`).
     pub secure: bool,
     pub binding: ChannelBinding,
     /// The stream namespace stanzas are written in (`jabber:client` or the component one).
@@ -97,14 +127,57 @@ thread_local! {
     static READ_BUF: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0u8; READ_CHUNK].into_boxed_slice());
 }
 
+fn limits(server: &Server) -> Limits {
+    let c = &server.settings.raw.c2s;
+    Limits {
+        max_stanza_bytes: c.max_stanza_bytes,
+        max_depth: c.max_depth,
+        max_attrs: c.max_attributes,
+        ..Limits::default()
+    }
+}
+
 impl Conn {
     pub fn new(server: &Server, io: Box<dyn Io>, peer: SocketAddr) -> Conn {
+        let limits = limits(server);
+        Conn::with_transport(
+            server,
+            Transport::Stream {
+                io,
+                parser: StreamParser::new(limits),
+            },
+            peer,
+        )
+    }
+
+    /// A stream over a message-oriented transport. `secure` and `binding` describe the
+    /// HTTP connection it arrived on.
+    pub fn framed(
+        server: &Server,
+        link: Framed,
+        peer: SocketAddr,
+        secure: bool,
+        binding: ChannelBinding,
+    ) -> Conn {
+        let mut c = Conn::with_transport(
+            server,
+            Transport::Framed {
+                link,
+                frames: Vec::new(),
+                inbox: VecDeque::new(),
+            },
+            peer,
+        );
+        c.secure = secure;
+        c.binding = binding;
+        c
+    }
+
+    fn with_transport(server: &Server, transport: Transport, peer: SocketAddr) -> Conn {
         let c = &server.settings.raw.c2s;
-        let limits = (c.max_stanza_bytes, c.max_depth, c.max_attributes);
         Conn {
-            io,
-            parser: new_parser(limits),
-            limits,
+            transport,
+            limits: limits(server),
             wbuf: Vec::new(),
             rate: RateLimit::new(c.max_bytes_per_sec, c.burst_bytes),
             peer,
@@ -119,45 +192,99 @@ impl Conn {
         Conn::new(server, Box::new(tokio::io::duplex(1).0), peer)
     }
 
+    /// A byte stream (TCP): STARTTLS applies. Message-oriented transports get their
+    /// security from the HTTP layer.
+    pub fn is_byte_stream(&self) -> bool {
+        matches!(self.transport, Transport::Stream { .. })
+    }
+
+    /// XEP-0198 makes sense on this transport (not on BOSH, which has its own acks and
+    /// retransmission).
+    pub fn supports_sm(&self) -> bool {
+        !matches!(
+            self.transport,
+            Transport::Framed {
+                link: Framed::Bosh(_),
+                ..
+            }
+        )
+    }
+
+    /// Channel-binding data is available, so `-PLUS` mechanisms can be offered.
+    pub fn can_bind_channel(&self) -> bool {
+        self.binding.tls_exporter.is_some() || self.binding.tls_server_end_point.is_some()
+    }
+
+    /// A short name of the transport for logs.
+    pub fn transport_name(&self) -> &'static str {
+        match &self.transport {
+            Transport::Stream { .. } => "tcp",
+            Transport::Framed {
+                link: Framed::WebSocket(_),
+                ..
+            } => "websocket",
+            Transport::Framed {
+                link: Framed::Bosh(_),
+                ..
+            } => "bosh",
+        }
+    }
+
     /// Starts a fresh parser (RFC 6120 §4.3.3: after TLS and SASL the stream restarts).
+    /// Framed transports parse every element on its own and need nothing here.
     pub fn reset(&mut self) {
-        self.parser = new_parser(self.limits);
+        if let Transport::Stream { parser, .. } = &mut self.transport {
+            *parser = StreamParser::new(self.limits);
+        }
     }
 
     /// Next parsed event, if one is already buffered.
     pub fn poll_event(&mut self) -> Result<Option<StreamEvent>, StreamEnd> {
-        Ok(self.parser.next_event()?)
+        match &mut self.transport {
+            Transport::Stream { parser, .. } => Ok(parser.next_event()?),
+            Transport::Framed { inbox, .. } => Ok(inbox.pop_front()),
+        }
     }
 
-    /// Reads one chunk from the socket into the parser. Cancel-safe.
+    /// Reads from the transport into the parser (or the inbox of a framed transport).
+    /// Cancel-safe.
     ///
-    /// The bytes land in a per-thread scratch buffer and go straight into the parser inside
-    /// the same poll, so an idle session holds no read buffer at all (the per-session memory
-    /// budget is 16 KiB and TLS takes most of it).
+    /// The bytes of a byte stream land in a per-thread scratch buffer and go straight into
+    /// the parser inside the same poll, so an idle session holds no read buffer at all
+    /// (the per-session memory budget is 16 KiB and TLS takes most of it).
     pub async fn read_some(&mut self) -> Result<(), StreamEnd> {
-        let n = std::future::poll_fn(|cx| {
-            READ_BUF.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let mut rb = ReadBuf::new(&mut buf[..]);
-                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        self.parser.feed(rb.filled());
-                        Poll::Ready(Ok(rb.filled().len()))
-                    }
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    Poll::Pending => Poll::Pending,
+        let n = match &mut self.transport {
+            Transport::Stream { io, parser } => {
+                let n = std::future::poll_fn(|cx| {
+                    READ_BUF.with(|buf| {
+                        let mut buf = buf.borrow_mut();
+                        let mut rb = ReadBuf::new(&mut buf[..]);
+                        match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                            Poll::Ready(Ok(())) => {
+                                parser.feed(rb.filled());
+                                Poll::Ready(Ok(rb.filled().len()))
+                            }
+                            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                            Poll::Pending => Poll::Pending,
+                        }
+                    })
+                })
+                .await?;
+                if n == 0 {
+                    // End of the TCP stream without `</stream:stream>`: the connection was
+                    // lost (an app killed, a network change), which XEP-0198 may resume.
+                    return Err(StreamEnd::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed without closing the stream",
+                    )));
                 }
-            })
-        })
-        .await?;
-        if n == 0 {
-            // End of the TCP stream without `</stream:stream>`: the connection was lost
-            // (an app killed, a network change), which XEP-0198 may resume.
-            return Err(StreamEnd::Io(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed without closing the stream",
-            )));
-        }
+                n
+            }
+            Transport::Framed { link, inbox, .. } => match link {
+                Framed::WebSocket(ws) => ws.recv(inbox, self.limits).await?,
+                Framed::Bosh(b) => b.recv(inbox).await?,
+            },
+        };
         if let Some(pause) = self.rate.take(n) {
             tokio::time::sleep(pause).await;
         }
@@ -186,28 +313,40 @@ impl Conn {
         }
     }
 
+    /// Marks the end of one element on a framed transport.
+    fn end_frame(&mut self) {
+        if let Transport::Framed { frames, .. } = &mut self.transport {
+            frames.push(self.wbuf.len());
+        }
+    }
+
     pub fn queue(&mut self, el: &Element) {
-        // Stanzas are kept in jabber:client internally; the stream's default namespace stands
-        // for it on the wire whatever that namespace is, so no xmlns is written.
-        el.write_to(&mut self.wbuf, ns::CLIENT);
+        match self.transport {
+            // Stanzas are kept in jabber:client internally; the stream's default namespace
+            // stands for it on the wire whatever that namespace is, so no xmlns is written.
+            Transport::Stream { .. } => el.write_to(&mut self.wbuf, ns::CLIENT),
+            // RFC 7395 §3.3.3, XEP-0206 §4: every element carries its namespace.
+            Transport::Framed { .. } => el.write_to(&mut self.wbuf, ""),
+        }
+        self.end_frame();
     }
 
     /// Writes an element of the streams namespace with the `stream:` prefix the header
     /// declared (`<stream:features>`, `<stream:error>`): some clients match the prefix.
+    /// Framed transports have no header, so the element declares the prefix itself.
     pub fn queue_stream_element(&mut self, el: &Element) {
-        self.wbuf.extend_from_slice(b"<stream:");
-        self.wbuf.extend_from_slice(el.name.as_bytes());
-        self.wbuf.push(b'>');
-        for c in el.elements() {
-            c.write_to(&mut self.wbuf, ns::STREAM);
-        }
-        self.wbuf.extend_from_slice(b"</stream:");
-        self.wbuf.extend_from_slice(el.name.as_bytes());
-        self.wbuf.push(b'>');
+        let declare = !self.is_byte_stream();
+        write_stream_element(&mut self.wbuf, el, declare);
+        self.end_frame();
     }
 
+    /// Raw bytes; only byte streams have a place for them (`</stream:stream>`, component
+    /// handshakes).
     pub fn queue_raw(&mut self, data: &[u8]) {
-        self.wbuf.extend_from_slice(data);
+        debug_assert!(self.is_byte_stream(), "raw bytes on a framed transport");
+        if self.is_byte_stream() {
+            self.wbuf.extend_from_slice(data);
+        }
     }
 
     /// Gives back buffer memory while the connection waits with nothing half-read or
@@ -217,19 +356,43 @@ impl Conn {
         if self.wbuf.is_empty() && self.wbuf.capacity() > 0 {
             self.wbuf = Vec::new();
         }
-        self.parser.release_idle();
+        match &mut self.transport {
+            Transport::Stream { parser, .. } => parser.release_idle(),
+            Transport::Framed { frames, inbox, .. } => {
+                if frames.is_empty() && frames.capacity() > 0 {
+                    *frames = Vec::new();
+                }
+                if inbox.is_empty() && inbox.capacity() > 0 {
+                    *inbox = VecDeque::new();
+                }
+            }
+        }
     }
 
     pub async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.wbuf.is_empty() {
-            self.io.write_all(&self.wbuf).await?;
-            self.wbuf.clear();
-            // Keep a small buffer for the common case; give back what a burst grew.
-            if self.wbuf.capacity() > 4 * 1024 {
-                self.wbuf = Vec::new();
+        match &mut self.transport {
+            Transport::Stream { io, .. } => {
+                if !self.wbuf.is_empty() {
+                    io.write_all(&self.wbuf).await?;
+                }
+                io.flush().await?;
+            }
+            Transport::Framed { link, frames, .. } => {
+                if !frames.is_empty() {
+                    match link {
+                        Framed::WebSocket(ws) => ws.send(&self.wbuf, frames).await?,
+                        Framed::Bosh(b) => b.send(&self.wbuf).await?,
+                    }
+                    frames.clear();
+                }
             }
         }
-        self.io.flush().await
+        self.wbuf.clear();
+        // Keep a small buffer for the common case; give back what a burst grew.
+        if self.wbuf.capacity() > 4 * 1024 {
+            self.wbuf = Vec::new();
+        }
+        Ok(())
     }
 
     pub async fn send(&mut self, el: &Element) -> std::io::Result<()> {
@@ -237,74 +400,139 @@ impl Conn {
         self.flush().await
     }
 
-    /// Our stream header. `to` echoes the client's `from` when it gave one.
+    /// Our stream header. `to` echoes the client's `from` when it gave one. Over WebSocket
+    /// it is an `<open/>` element; BOSH puts it into its session attributes.
     pub fn queue_header(&mut self, from: &str, id: &str, to: Option<&str>) {
-        let mut h = Vec::with_capacity(256);
-        h.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
-        h.extend_from_slice(self.stream_ns.as_bytes());
-        h.extend_from_slice(b"' xmlns:stream='http://etherx.jabber.org/streams' id='");
-        herald_xml::escape_attr(id, &mut h);
-        h.extend_from_slice(b"' from='");
-        herald_xml::escape_attr(from, &mut h);
-        if let Some(to) = to {
-            h.extend_from_slice(b"' to='");
-            herald_xml::escape_attr(to, &mut h);
+        match &mut self.transport {
+            Transport::Stream { .. } => {
+                let mut h = Vec::with_capacity(256);
+                h.extend_from_slice(b"<?xml version='1.0'?><stream:stream xmlns='");
+                h.extend_from_slice(self.stream_ns.as_bytes());
+                h.extend_from_slice(b"' xmlns:stream='http://etherx.jabber.org/streams' id='");
+                herald_xml::escape_attr(id, &mut h);
+                h.extend_from_slice(b"' from='");
+                herald_xml::escape_attr(from, &mut h);
+                if let Some(to) = to {
+                    h.extend_from_slice(b"' to='");
+                    herald_xml::escape_attr(to, &mut h);
+                }
+                h.extend_from_slice(b"' version='1.0' xml:lang='en'>");
+                self.queue_raw(&h);
+            }
+            Transport::Framed { link, frames, .. } => match link {
+                Framed::WebSocket(_) => {
+                    let mut open = Element::new("open", crate::http::ws::FRAMING)
+                        .with_attr("from", from)
+                        .with_attr("id", id);
+                    if let Some(to) = to {
+                        open.set_attr("to", to);
+                    }
+                    open.set_attr("version", "1.0");
+                    open.set_attr("xml:lang", "en");
+                    open.write_to(&mut self.wbuf, "");
+                    frames.push(self.wbuf.len());
+                }
+                Framed::Bosh(b) => b.stream_opened(from, id),
+            },
         }
-        h.extend_from_slice(b"' version='1.0' xml:lang='en'>");
-        self.queue_raw(&h);
     }
 
     /// Sends a stream error and closes the stream (RFC 6120 §4.9.1.1).
     pub async fn close_with_error(&mut self, cond: StreamErrorCondition, text: Option<&str>) {
-        self.queue_stream_element(&cond.to_element(text));
-        self.close().await;
+        let error = cond.to_element(text);
+        if self.is_byte_stream() {
+            self.queue_stream_element(&error);
+            self.close().await;
+        } else {
+            self.close_framed(Some((cond, error))).await;
+        }
     }
 
-    /// `</stream:stream>` then shuts the socket down, bounded in time.
+    /// `</stream:stream>` then shuts the socket down, bounded in time. Framed transports
+    /// send their own close (`<close/>`, a BOSH `terminate`).
     pub async fn close(&mut self) {
+        if !self.is_byte_stream() {
+            return self.close_framed(None).await;
+        }
         self.queue_raw(b"</stream:stream>");
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = self.flush().await;
-            let _ = self.io.shutdown().await;
+            if let Transport::Stream { io, .. } = &mut self.transport {
+                let _ = io.shutdown().await;
+            }
+        })
+        .await;
+    }
+
+    async fn close_framed(&mut self, error: Option<(StreamErrorCondition, Element)>) {
+        let Transport::Framed { link, frames, .. } = &mut self.transport else {
+            return;
+        };
+        let wbuf = std::mem::take(&mut self.wbuf);
+        let frames = std::mem::take(frames);
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            match link {
+                Framed::WebSocket(ws) => ws.close(&wbuf, &frames, error.map(|e| e.1)).await,
+                Framed::Bosh(b) => b.close(&wbuf, error),
+            }
         })
         .await;
     }
 
     /// Upgrades to TLS in place (STARTTLS or direct TLS) and records channel-binding data.
     pub async fn upgrade_tls(&mut self, server: &Server) -> std::io::Result<()> {
-        let io = std::mem::replace(&mut self.io, Box::new(tokio::io::duplex(1).0));
+        let Transport::Stream { io, .. } = &mut self.transport else {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "TLS is negotiated by the HTTP layer on this transport",
+            ));
+        };
+        let plain = std::mem::replace(io, Box::new(tokio::io::duplex(1).0));
         let acceptor = tokio_rustls::TlsAcceptor::from(server.tls.config.clone());
-        let tls = acceptor.accept(io).await?;
-        let (_, conn) = tls.get_ref();
-        // RFC 9266: tls-exporter is only safe with TLS 1.3 (or 1.2 with extended master secret).
-        let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-            let mut out = vec![0u8; 32];
-            match conn.export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", Some(&[]))
-            {
-                Ok(_) => Some(out),
-                Err(_) => None,
-            }
-        } else {
-            None
-        };
-        self.binding = ChannelBinding {
-            tls_exporter: exporter,
-            tls_server_end_point: Some(server.tls.end_point.clone()),
-        };
-        self.io = Box::new(tls);
+        let tls = acceptor.accept(plain).await?;
+        self.binding = channel_binding(server, tls.get_ref().1);
+        *io = Box::new(tls);
         self.secure = true;
         self.reset();
         Ok(())
     }
 }
 
-fn new_parser((max_stanza_bytes, max_depth, max_attrs): (usize, usize, usize)) -> StreamParser {
-    StreamParser::new(Limits {
-        max_stanza_bytes,
-        max_depth,
-        max_attrs,
-        ..Limits::default()
-    })
+/// Channel-binding data of a TLS connection we terminate: RFC 9266 tls-exporter (only safe
+/// with TLS 1.3) and RFC 5929 tls-server-end-point.
+pub fn channel_binding(server: &Server, conn: &rustls::ServerConnection) -> ChannelBinding {
+    let exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        let mut out = vec![0u8; 32];
+        match conn.export_keying_material(&mut out[..], b"EXPORTER-Channel-Binding", Some(&[])) {
+            Ok(_) => Some(out),
+            Err(_) => None,
+        }
+    } else {
+        None
+    };
+    ChannelBinding {
+        tls_exporter: exporter,
+        tls_server_end_point: Some(server.tls.end_point.clone()),
+    }
+}
+
+/// `<stream:NAME>` with the element's children; `declare` adds the prefix declaration for
+/// transports without a stream header.
+pub fn write_stream_element(out: &mut Vec<u8>, el: &Element, declare: bool) {
+    out.extend_from_slice(b"<stream:");
+    out.extend_from_slice(el.name.as_bytes());
+    if declare {
+        out.extend_from_slice(b" xmlns:stream='");
+        out.extend_from_slice(ns::STREAM.as_bytes());
+        out.push(b'\'');
+    }
+    out.push(b'>');
+    for c in el.elements() {
+        c.write_to(out, ns::STREAM);
+    }
+    out.extend_from_slice(b"</stream:");
+    out.extend_from_slice(el.name.as_bytes());
+    out.push(b'>');
 }
 
 /// Wraps the accepted TCP stream.

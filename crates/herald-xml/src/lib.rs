@@ -5,7 +5,9 @@
 //! a push parser for that shape: bytes go in as the socket delivers them, in any chunking,
 //! and out come [`StreamEvent::Open`] for the root, one [`StreamEvent::Stanza`] per
 //! complete child with its whole subtree as an [`Element`], and [`StreamEvent::Close`].
-//! [`Element::write_to`] is the matching serializer.
+//! [`Element::write_to`] is the matching serializer. Message-oriented transports (XMPP over
+//! WebSocket) carry one complete element per message instead; [`parse_document`] parses such
+//! a standalone document under the same rules and limits.
 //!
 //! # Why restricted XML
 //!
@@ -64,7 +66,7 @@ mod parser;
 
 pub use element::{escape_attr, escape_text, Element, Node};
 pub use error::XmlError;
-pub use parser::{Limits, StreamEvent, StreamHeader, StreamParser, XML_NS};
+pub use parser::{parse_document, Limits, StreamEvent, StreamHeader, StreamParser, XML_NS};
 
 #[cfg(test)]
 mod tests;

@@ -142,6 +142,9 @@ pub struct StreamParser {
     root_name: String,
     pending_close: bool,
     error: Option<XmlError>,
+    /// One standalone document ([`parse_document`]): its root element is returned as a
+    /// stanza and nothing but whitespace may follow it.
+    document: bool,
 }
 
 impl StreamParser {
@@ -161,6 +164,7 @@ impl StreamParser {
             root_name: String::new(),
             pending_close: false,
             error: None,
+            document: false,
         }
     }
 
@@ -483,7 +487,12 @@ impl StreamParser {
                 parent.elem.children.push(Node::Element(elem));
                 Step::Continue
             }
-            None => Step::Event(StreamEvent::Stanza(elem)),
+            None => {
+                if self.document {
+                    self.phase = Phase::Closed;
+                }
+                Step::Event(StreamEvent::Stanza(elem))
+            }
         }
     }
 
@@ -514,9 +523,18 @@ impl StreamParser {
         let end = gt + 1;
         self.check_limit(end)?;
         if self.phase == Phase::Closed {
-            return Err(XmlError::nwf("element after the end of the stream"));
+            return Err(XmlError::nwf(if self.document {
+                "more than one element in the document"
+            } else {
+                "element after the end of the stream"
+            }));
         }
-        let is_root = matches!(self.phase, Phase::Prolog { .. });
+        let in_prolog = matches!(self.phase, Phase::Prolog { .. });
+        let is_root = in_prolog && !self.document;
+        if in_prolog && self.document {
+            // The document element is built like a stanza; no declaration may follow.
+            self.phase = Phase::Open;
+        }
         let depth = if is_root { 0 } else { self.stack.len() + 1 };
         if depth > self.limits.max_depth {
             return Err(XmlError::TooDeep);
@@ -708,6 +726,28 @@ impl StreamParser {
             None if prefix.is_empty() => Ok(""),
             None => Err(XmlError::UndeclaredPrefix(prefix.to_owned())),
         }
+    }
+}
+
+/// Parses one complete, standalone XML document (an optional XML declaration, one element,
+/// optional whitespace) under the same restrictions and limits as a stream, returning its
+/// root element. Message-oriented transports use it: RFC 7395 WebSocket frames each carry
+/// exactly one such document, with every namespace declared in it.
+///
+/// Partial elements, a second element and character data outside the element are
+/// `not-well-formed`; nothing is inherited, so an element without `xmlns` is in no namespace.
+pub fn parse_document(data: &[u8], limits: Limits) -> Result<Element, XmlError> {
+    let mut p = StreamParser::new(limits);
+    p.document = true;
+    p.feed(data);
+    match p.next_event()? {
+        Some(StreamEvent::Stanza(el)) => match p.next_event()? {
+            None if p.buffered() == 0 => Ok(el),
+            _ => Err(XmlError::nwf("data after the element")),
+        },
+        Some(_) => Err(XmlError::nwf("not a single element")),
+        None if p.stack.is_empty() && p.buffered() == 0 => Err(XmlError::nwf("no element")),
+        None => Err(XmlError::nwf("incomplete element")),
     }
 }
 

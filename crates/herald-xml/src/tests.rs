@@ -538,3 +538,78 @@ fn idle_parser_is_small() {
     assert_eq!(p.buffered(), 0);
     assert_eq!(p.buffer_capacity(), 0, "large buffer released when idle");
 }
+
+#[test]
+fn standalone_documents() {
+    let lim = Limits::default();
+    let el = parse_document(
+        b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='example.com' version='1.0'/>",
+        lim,
+    )
+    .unwrap();
+    assert_eq!(el.name, "open");
+    assert_eq!(el.ns, "urn:ietf:params:xml:ns:xmpp-framing");
+    assert_eq!(el.attr("to"), Some("example.com"));
+
+    // A declaration and surrounding whitespace are fine; children resolve as usual.
+    let el = parse_document(
+        b"<?xml version='1.0'?>\n <message xmlns='jabber:client' to='a@b'><body>hi &amp; bye</body></message>\n",
+        lim,
+    )
+    .unwrap();
+    assert_eq!(el.ns, "jabber:client");
+    assert_eq!(
+        el.child("body", "jabber:client").unwrap().text(),
+        "hi & bye"
+    );
+
+    // Nothing is inherited: no xmlns means no namespace.
+    assert_eq!(parse_document(b"<iq type='get'/>", lim).unwrap().ns, "");
+
+    let nwf = |input: &[u8]| match parse_document(input, lim) {
+        Err(XmlError::NotWellFormed(_)) | Err(XmlError::UndeclaredPrefix(_)) => {}
+        other => panic!("{:?}: {other:?}", String::from_utf8_lossy(input)),
+    };
+    nwf(b"");
+    nwf(b"   ");
+    nwf(b"<message xmlns='jabber:client'>");
+    nwf(b"<a/><b/>");
+    nwf(b"<a/>text");
+    nwf(b"text<a/>");
+    nwf(b"</a>");
+    nwf(b"<a></b>");
+    nwf(b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'>");
+    nwf(b"<stream:stream xmlns='jabber:client'/>");
+    assert!(matches!(
+        parse_document(b"<a/><?pi x?>", lim),
+        Err(XmlError::RestrictedXml(_))
+    ));
+    assert!(matches!(
+        parse_document(b"<!-- c --><a/>", lim),
+        Err(XmlError::RestrictedXml(_))
+    ));
+    assert!(matches!(
+        parse_document(b"<a><?xml version='1.0'?></a>", lim),
+        Err(XmlError::RestrictedXml(_))
+    ));
+
+    // The size limit covers the element, as for a stanza.
+    let small = Limits {
+        max_stanza_bytes: 20,
+        ..Limits::default()
+    };
+    assert!(parse_document(b"<a>0123456789</a>", small).is_ok());
+    assert_eq!(
+        parse_document(b"<a>0123456789abcdef</a>", small),
+        Err(XmlError::StanzaTooBig)
+    );
+    let deep = Limits {
+        max_depth: 2,
+        ..Limits::default()
+    };
+    assert!(parse_document(b"<a><b/></a>", deep).is_ok());
+    assert_eq!(
+        parse_document(b"<a><b><c/></b></a>", deep),
+        Err(XmlError::TooDeep)
+    );
+}

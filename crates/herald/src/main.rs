@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 use herald_server::accounts::{self, user_jid};
 use herald_server::{Config, Settings};
 
+mod files;
+
 #[derive(Parser)]
 #[command(
     name = "herald",
@@ -37,6 +39,48 @@ enum Command {
     /// XEP-0106 JID escaping, for names coming from directories.
     #[command(subcommand)]
     Jid(JidCmd),
+    /// Uploaded files (XEP-0363): the transfer audit log, and purging.
+    #[command(subcommand)]
+    Files(files::FilesCmd),
+    /// Manage persistent chat rooms (XEP-0045).
+    #[command(subcommand)]
+    Room(RoomCmd),
+}
+
+#[derive(Subcommand)]
+enum RoomCmd {
+    /// List the stored rooms of a domain (or of a chat service domain).
+    List { domain: String },
+    /// Create a persistent room with its owners.
+    Create {
+        /// The room's JID, e.g. team@conference.example.org.
+        room: String,
+        /// An owner's JID (repeat for several).
+        #[arg(long = "owner", required = true)]
+        owners: Vec<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Only members may enter.
+        #[arg(long)]
+        members_only: bool,
+        /// Not listed in the room directory.
+        #[arg(long)]
+        hidden: bool,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Destroy a room (its archive is kept until retention removes it).
+    Destroy { room: String },
+    /// Show a room's configuration and affiliations.
+    Show { room: String },
+    /// Set one JID's affiliation: owner, admin, member, outcast or none.
+    Affiliate {
+        room: String,
+        jid: String,
+        affiliation: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -102,6 +146,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(settings).await,
             Command::User(cmd) => user(settings, cmd).await,
+            Command::Files(cmd) => match open_store(&settings).await {
+                Ok(store) => files::run(&settings, store, cmd).await,
+                Err(e) => Err(e),
+            },
+            Command::Room(cmd) => room(settings, cmd).await,
             Command::Jid(JidCmd::Escape { name }) => {
                 println!("{}", herald_core::jid::escape_node(&name));
                 Ok(())
@@ -139,7 +188,9 @@ fn check(s: &Settings) {
     println!("  c2s (STARTTLS): {}", list(&s.c2s));
     println!("  c2s direct TLS: {}", list(&s.c2s_direct_tls));
     println!("  http:           {}", list(&s.http));
+    println!("  https:          {}", list(&s.https));
     println!("  components:     {}", list(&s.component));
+    println!("  proxy65:        {}", list(&s.proxy65));
     match (&s.raw.tls.cert, &s.raw.tls.key) {
         (Some(c), Some(_)) => println!("  tls:            {}", c.display()),
         _ => println!(
@@ -320,6 +371,134 @@ async fn user(settings: Settings, cmd: UserCmd) -> Result<(), String> {
             {
                 println!("{u}@{}", d.domain());
             }
+        }
+    }
+    Ok(())
+}
+
+async fn room(settings: Settings, cmd: RoomCmd) -> Result<(), String> {
+    use herald_server::ext::muc::manage;
+    let err = |e: manage::ManageError| e.to_string();
+    match cmd {
+        RoomCmd::List { domain } => {
+            manage::services_for(&settings, &domain).map_err(err)?;
+            let store = open_store(&settings).await?;
+            for r in manage::list(store.as_ref(), &settings, &domain)
+                .await
+                .map_err(err)?
+            {
+                let c = &r.record.config;
+                let mut flags = vec![if c.public { "public" } else { "hidden" }];
+                if c.members_only {
+                    flags.push("members-only");
+                }
+                if c.password_protected() {
+                    flags.push("password");
+                }
+                if c.moderated {
+                    flags.push("moderated");
+                }
+                let owners: Vec<&str> = r
+                    .affiliations
+                    .iter()
+                    .filter(|a| a.affiliation == "owner")
+                    .map(|a| a.jid.as_str())
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\towners: {}",
+                    r.jid,
+                    c.name,
+                    flags.join(","),
+                    owners.join(",")
+                );
+            }
+        }
+        RoomCmd::Create {
+            room,
+            owners,
+            name,
+            description,
+            members_only,
+            hidden,
+            password,
+        } => {
+            let jid = manage::room_jid(&settings, &room).map_err(err)?;
+            let store = open_store(&settings).await?;
+            let opts = manage::CreateOptions {
+                name,
+                description,
+                members_only,
+                hidden,
+                password,
+            };
+            manage::create(store.as_ref(), &settings, &jid, &owners, &opts)
+                .await
+                .map_err(err)?;
+            println!("created {jid}");
+        }
+        RoomCmd::Destroy { room } => {
+            let jid = manage::room_jid(&settings, &room).map_err(err)?;
+            let store = open_store(&settings).await?;
+            manage::destroy(store.as_ref(), &jid).await.map_err(err)?;
+            println!("destroyed {jid}");
+        }
+        RoomCmd::Show { room } => {
+            let jid = manage::room_jid(&settings, &room).map_err(err)?;
+            let store = open_store(&settings).await?;
+            let v = manage::show(store.as_ref(), &settings, &jid)
+                .await
+                .map_err(err)?;
+            let c = &v.record.config;
+            println!("room:          {}", v.jid);
+            println!("name:          {}", c.name);
+            println!("description:   {}", c.description);
+            println!("subject:       {}", v.record.subject);
+            println!(
+                "created:       {}",
+                herald_server::ext::stamp_from_micros(v.created_micros)
+            );
+            println!("public:        {}", c.public);
+            println!("members-only:  {}", c.members_only);
+            println!("moderated:     {}", c.moderated);
+            println!("password:      {}", c.password_protected());
+            println!(
+                "max users:     {}",
+                if c.max_users == 0 {
+                    "service limit".to_string()
+                } else {
+                    c.max_users.to_string()
+                }
+            );
+            println!(
+                "whois:         {}",
+                if c.whois_anyone {
+                    "anyone"
+                } else {
+                    "moderators"
+                }
+            );
+            println!("history:       {}", c.history_length);
+            println!("archived:      {}", c.logging);
+            for a in &v.affiliations {
+                match &a.nick {
+                    Some(n) => {
+                        println!("{:<14} {} (nick {n})", format!("{}:", a.affiliation), a.jid)
+                    }
+                    None => println!("{:<14} {}", format!("{}:", a.affiliation), a.jid),
+                }
+            }
+        }
+        RoomCmd::Affiliate {
+            room,
+            jid,
+            affiliation,
+        } => {
+            let rj = manage::room_jid(&settings, &room).map_err(err)?;
+            let store = open_store(&settings).await?;
+            manage::affiliate(store.as_ref(), &rj, &jid, &affiliation)
+                .await
+                .map_err(err)?;
+            println!("{jid} is now {affiliation} of {rj}");
         }
     }
     Ok(())

@@ -21,21 +21,28 @@ struct Env {
     dir: tempfile::TempDir,
     cfg: std::path::PathBuf,
     c2s: u16,
+    http: u16,
 }
 
 fn env_with(storage: Option<&str>, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let (c2s, tls, http, comp) = (free_port(), free_port(), free_port(), free_port());
+    let (https, p65) = (free_port(), free_port());
     let storage = storage
         .map(|u| format!("[storage]\nurl = \"{u}\"\n"))
         .unwrap_or_default();
     let text = format!(
-        "[server]\ndomains = [\"example.test\"]\ndata_dir = \"{}\"\n{storage}[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\nhttp = [\"127.0.0.1:{http}\"]\ncomponent = [\"127.0.0.1:{comp}\"]\n{extra}",
+        "[server]\ndomains = [\"example.test\"]\ndata_dir = \"{}\"\n{storage}[listen]\nc2s = [\"127.0.0.1:{c2s}\"]\nc2s_direct_tls = [\"127.0.0.1:{tls}\"]\nhttp = [\"127.0.0.1:{http}\"]\nhttps = [\"127.0.0.1:{https}\"]\ncomponent = [\"127.0.0.1:{comp}\"]\nproxy65 = [\"127.0.0.1:{p65}\"]\n{extra}",
         dir.path().join("data").display()
     );
     let cfg = dir.path().join("herald.toml");
     std::fs::write(&cfg, text).unwrap();
-    Env { dir, cfg, c2s }
+    Env {
+        dir,
+        cfg,
+        c2s,
+        http,
+    }
 }
 
 fn herald(cfg: &Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -364,4 +371,237 @@ fn postgres_backend_serves_and_manages_accounts() {
     assert_eq!(stdout(&o), "pg@example.test\n");
     sigterm(&s);
     assert!(wait_exit(&mut s, Duration::from_secs(8)).success());
+}
+
+/// A plain HTTP GET; returns the status code.
+fn http_get_status(port: u16, path: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let head = String::from_utf8_lossy(&out);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {head:?}"))
+}
+
+#[test]
+fn files_commands_list_show_and_purge() {
+    use herald_storage::{FileDownload, FileQuota, NewFileSlot};
+    let e = env_with(None, "[upload]\nsecret = \"a secret for the cli test\"\n");
+    // Files as the upload service leaves them (slot, content, upload, a download); the
+    // XMPP and HTTP sides have their own tests in herald-server.
+    let settings = herald_server::Config::load(Some(&e.cfg)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let files = [
+        ("AliceFile0000000000000", "alice@example.test", "notes.txt"),
+        ("BobFile000000000000000", "bob@example.test", "photo.png"),
+    ];
+    let urls: Vec<String> = rt.block_on(async {
+        use herald_server::ext::upload::{Upload, UrlKind};
+        let store = herald_storage::open(&settings.storage_url).await.unwrap();
+        let up = Upload::open(&settings).await.unwrap();
+        let now = herald_server::ext::now_micros();
+        let quota = FileQuota {
+            daily_bytes: None,
+            total_bytes: None,
+            since_micros: 0,
+            now_micros: now,
+        };
+        let mut urls = Vec::new();
+        for (id, who, name) in files {
+            let slot = NewFileSlot {
+                id,
+                uploader: who,
+                file_name: name,
+                size: 5,
+                content_type: None,
+                created_micros: now,
+                put_deadline_micros: now + 60_000_000,
+                expires_micros: None,
+            };
+            store.create_file_slot(&slot, &quota).await.unwrap();
+            let mut w = up.blobs.create(id).await.unwrap();
+            w.write(b"hello").await.unwrap();
+            w.commit().await.unwrap();
+            let sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+            assert!(store
+                .complete_file_upload(id, sha, now, "192.0.2.1:4000")
+                .await
+                .unwrap());
+            let d = FileDownload {
+                stamp_micros: now,
+                client_addr: "192.0.2.9:5000".into(),
+                downloader: None,
+            };
+            store.record_file_download(id, &d).await.unwrap();
+            urls.push(format!("/upload/{}/{name}", up.token(UrlKind::Get, id, 0)));
+        }
+        urls
+    });
+    drop(rt);
+    let blob = |id: &str| e.dir.path().join("data/uploads").join(&id[..2]).join(id);
+    let (alice_id, bob_id) = (files[0].0, files[1].0);
+
+    let s = spawn_serve(&e.cfg);
+    wait_port(e.c2s);
+    wait_port(e.http);
+    assert_eq!(http_get_status(e.http, &urls[0]), 200);
+
+    let o = herald(&e.cfg, &["files", "list"], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(alice_id) && out.contains(bob_id), "{out}");
+    assert!(
+        out.contains("notes.txt") && out.contains("uploaded"),
+        "{out}"
+    );
+    let o = herald(
+        &e.cfg,
+        &["files", "list", "--user", "Bob@Example.test"],
+        None,
+    );
+    let out = stdout(&o);
+    assert!(out.contains(bob_id) && !out.contains(alice_id), "{out}");
+    let o = herald(&e.cfg, &["files", "list", "--since", "2999-01-01"], None);
+    assert_eq!(stdout(&o).trim(), "no files");
+    let o = herald(&e.cfg, &["files", "list", "--limit", "1"], None);
+    assert_eq!(stdout(&o).lines().count(), 2, "header and one file");
+
+    let o = herald(&e.cfg, &["files", "show", alice_id], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "alice@example.test",
+        "notes.txt",
+        "2cf24dba5fb0a30e",
+        "192.0.2.1:4000",
+        "192.0.2.9:5000",
+        "127.0.0.1:",
+        "downloads:     2",
+    ] {
+        assert!(out.contains(needle), "{needle} missing from:\n{out}");
+    }
+
+    // Purge one file while the server runs: gone from disk, its link answers 404.
+    assert!(blob(alice_id).is_file());
+    let o = herald(&e.cfg, &["files", "purge", alice_id], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), format!("{alice_id}: purged"));
+    assert!(!blob(alice_id).exists());
+    assert_eq!(http_get_status(e.http, &urls[0]), 404);
+    let o = herald(&e.cfg, &["files", "purge", alice_id], None);
+    assert!(stdout(&o).contains("already purged"));
+    let o = herald(&e.cfg, &["files", "show", alice_id], None);
+    assert!(stdout(&o).contains("purged:"), "{}", stdout(&o));
+
+    // By user; then by age.
+    assert_eq!(http_get_status(e.http, &urls[1]), 200);
+    let o = herald(
+        &e.cfg,
+        &["files", "purge", "--user", "bob@example.test"],
+        None,
+    );
+    assert_eq!(stdout(&o).trim(), "purged 1 file");
+    assert!(!blob(bob_id).exists());
+    assert_eq!(http_get_status(e.http, &urls[1]), 404);
+    let o = herald(&e.cfg, &["files", "purge", "--older-than", "0"], None);
+    assert_eq!(stdout(&o).trim(), "purged 0 files");
+    let o = herald(&e.cfg, &["files", "list"], None);
+    assert_eq!(stdout(&o).trim(), "no files");
+    let o = herald(&e.cfg, &["files", "list", "--all"], None);
+    assert_eq!(stdout(&o).matches("purged").count(), 2, "{}", stdout(&o));
+
+    // Operator errors: one line each.
+    for (args, needle) in [
+        (vec!["files", "show", "nope"], "no file with id"),
+        (vec!["files", "purge", "nope"], "no file with id"),
+        (vec!["files", "purge"], "give file ids"),
+        (
+            vec!["files", "list", "--since", "yesterday"],
+            "expected a date",
+        ),
+        (
+            vec!["files", "list", "--user", "x@elsewhere.test"],
+            "elsewhere.test",
+        ),
+    ] {
+        let o = herald(&e.cfg, &args, None);
+        assert_one_line_error(&o, needle);
+    }
+    sigterm(&s);
+}
+
+#[test]
+fn room_commands_create_list_show_affiliate_destroy() {
+    let e = env_with(None, "");
+    let room = "team@conference.example.test";
+    let o = herald(
+        &e.cfg,
+        &[
+            "room",
+            "create",
+            room,
+            "--owner",
+            "Alice@example.test",
+            "--name",
+            "The Team",
+            "--members-only",
+        ],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(
+        &herald(&e.cfg, &["room", "create", room, "--owner", "a@example.test"], None),
+        "already exists",
+    );
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["room", "create", "x@elsewhere.test", "--owner", "a@example.test"],
+            None,
+        ),
+        "not a chat service",
+    );
+    let o = herald(&e.cfg, &["room", "list", "example.test"], None);
+    let out = stdout(&o);
+    assert!(out.contains(room) && out.contains("The Team"), "{out}");
+    assert!(out.contains("members-only") && out.contains("alice@example.test"), "{out}");
+    let o = herald(
+        &e.cfg,
+        &["room", "affiliate", room, "bob@example.test", "admin"],
+        None,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["room", "affiliate", room, "alice@example.test", "member"],
+            None,
+        ),
+        "at least one owner",
+    );
+    assert_one_line_error(
+        &herald(
+            &e.cfg,
+            &["room", "affiliate", room, "bob@example.test", "king"],
+            None,
+        ),
+        "not an affiliation",
+    );
+    let o = herald(&e.cfg, &["room", "show", room], None);
+    let out = stdout(&o);
+    assert!(out.contains("members-only:  true"), "{out}");
+    assert!(out.contains("owner:         alice@example.test"), "{out}");
+    assert!(out.contains("admin:         bob@example.test"), "{out}");
+    let o = herald(&e.cfg, &["room", "destroy", room], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_line_error(&herald(&e.cfg, &["room", "show", room], None), "no room");
+    assert_eq!(stdout(&herald(&e.cfg, &["room", "list", "example.test"], None)), "");
 }

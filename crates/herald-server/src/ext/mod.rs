@@ -134,6 +134,7 @@ pub async fn message_inbound(server: &Arc<Server>, el: &mut Element, to: &Jid) {
 pub async fn message_outbound(server: &Arc<Server>, session: &Session, el: &mut Element, to: &Jid) {
     mam::on_outbound(server, session, el, to).await;
     carbons::on_sent(server, session, el).await;
+    upload::on_outbound_message(server, session, el, to).await;
 }
 
 /// An inbound message reached the sessions `delivered` of user `to`: carbons send

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
@@ -44,6 +46,9 @@ pub const STREAM_HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabb
 pub struct TestServer {
     pub c2s: SocketAddr,
     pub direct_tls: SocketAddr,
+    /// The HTTP service, plain and inside TLS.
+    pub http: SocketAddr,
+    pub https: SocketAddr,
     pub store: Arc<dyn Storage>,
     pub shutdown: watch::Sender<bool>,
     pub running: Option<Running>,
@@ -72,7 +77,9 @@ impl TestServer {
              c2s = [\"127.0.0.1:0\"]\n\
              c2s_direct_tls = [\"127.0.0.1:0\"]\n\
              http = [\"127.0.0.1:0\"]\n\
+             https = [\"127.0.0.1:0\"]\n\
              component = [\"127.0.0.1:0\"]\n\
+             proxy65 = [\"127.0.0.1:0\"]\n\
              {extra}\n",
             data = data_dir.display().to_string(),
         );
@@ -91,10 +98,14 @@ impl TestServer {
             .unwrap_or_else(|e| panic!("server does not start: {e}"));
         let c2s = running.bound.c2s[0];
         let direct_tls = running.bound.c2s_direct_tls[0];
+        let http = running.bound.http[0];
+        let https = running.bound.https[0];
         assert_ne!(c2s.port(), 0, "c2s port was resolved");
         TestServer {
             c2s,
             direct_tls,
+            http,
+            https,
             store,
             shutdown: tx,
             running: Some(running),
@@ -439,6 +450,8 @@ pub struct Client {
     /// The bound full JID.
     pub jid: String,
     next_id: u64,
+    /// A web transport (WebSocket, BOSH) instead of `io`; see `web.rs`.
+    pub web: Option<web::Wire>,
 }
 
 fn client_parser() -> StreamParser {
@@ -465,8 +478,14 @@ impl Client {
             .unwrap_or_else(|_| panic!("connecting to {addr} timed out"))
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         tcp.set_nodelay(true).ok();
+        let mut c = Client::unconnected();
+        c.io = Transport::Plain(tcp);
+        c
+    }
+
+    fn unconnected() -> Client {
         Client {
-            io: Transport::Plain(tcp),
+            io: Transport::Gone,
             parser: client_parser(),
             pending: VecDeque::new(),
             header: None,
@@ -475,6 +494,7 @@ impl Client {
             end_point: None,
             jid: String::new(),
             next_id: 0,
+            web: None,
         }
     }
 
@@ -496,6 +516,9 @@ impl Client {
 
     /// Writes raw bytes and flushes.
     pub async fn send_bytes(&mut self, data: &[u8]) {
+        if let Some(w) = self.web.as_mut() {
+            return w.send(data).await;
+        }
         let io = &mut self.io;
         tokio::time::timeout(WAIT, async {
             io.write_all(data).await?;
@@ -512,6 +535,9 @@ impl Client {
 
     /// Writes, tolerating a connection the server already closed.
     pub async fn send_lossy(&mut self, data: &[u8]) {
+        if let Some(w) = self.web.as_mut() {
+            return w.send(data).await;
+        }
         let io = &mut self.io;
         let _ = tokio::time::timeout(WAIT, async {
             io.write_all(data).await?;
@@ -522,6 +548,9 @@ impl Client {
 
     /// Next event from the socket (ignores the pending queue), bounded by `t`.
     pub async fn next_event_within(&mut self, t: Duration) -> Option<Event> {
+        if let Some(w) = self.web.as_mut() {
+            return w.next_event_within(t).await;
+        }
         let deadline = tokio::time::Instant::now() + t;
         let mut buf = vec![0u8; 16 * 1024];
         loop {
