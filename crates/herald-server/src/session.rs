@@ -136,6 +136,17 @@ impl SessionHandle {
         }
     }
 
+    /// Queues a stanza only if there is room right now; otherwise it comes back. Fan-out
+    /// paths (group chat) use it so one slow reader does not hold up everyone else.
+    pub fn try_send(&self, stanza: Element) -> Result<(), Element> {
+        match self.tx.try_send(Outbound::Stanza(Box::new(stanza))) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(m) | mpsc::error::TrySendError::Closed(m)) => {
+                Err(unbox(m))
+            }
+        }
+    }
+
     /// Asks the session to end its stream. Never blocks; if the outbox is full the request is
     /// not queued and the session ends when its reader catches up or its peer goes away.
     pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {

@@ -84,7 +84,7 @@ impl IqHandler for Mam {
 // Archiving
 
 /// A fresh XEP-0359 id: 128 random bits, base64url.
-fn new_stanza_id() -> String {
+pub(crate) fn new_stanza_id() -> String {
     let mut b = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut b);
     URL_SAFE_NO_PAD.encode(b)
@@ -197,7 +197,11 @@ async fn wanted(server: &Server, owner: &Jid, contact: &Jid) -> bool {
 
 /// Oldest stamp still visible under the owner's domain's retention.
 fn cutoff(server: &Server, owner: &Jid) -> Option<i64> {
-    let days = server.settings.raw.mam.retention_for(owner.domain());
+    let days = server
+        .settings
+        .raw
+        .mam
+        .retention_for(retention_domain(server, owner.domain()));
     (days > 0).then(|| now_micros() - i64::from(days) * MICROS_PER_DAY)
 }
 
@@ -226,10 +230,31 @@ async fn maybe_expire(server: &Arc<Server>, owner: &Jid) {
 
 /// Deletes expired messages of every served domain with a retention limit; returns how
 /// many. Meant to run periodically (see [`retention_task`]).
+/// Room archives (at `conference.example.org`) follow their served domain's retention.
+fn retention_domain<'a>(server: &'a Server, domain: &'a str) -> &'a str {
+    server
+        .settings
+        .service(domain)
+        .map(|s| s.host.as_str())
+        .unwrap_or(domain)
+}
+
 pub async fn expire_all(server: &Server) -> u64 {
     let mut total = 0;
-    for d in &server.settings.domains {
-        let days = server.settings.raw.mam.retention_for(d);
+    let archives = server.settings.domains.iter().chain(
+        server
+            .settings
+            .services
+            .values()
+            .filter(|s| s.kind == crate::config::ServiceKind::Muc)
+            .map(|s| &s.domain),
+    );
+    for d in archives {
+        let days = server
+            .settings
+            .raw
+            .mam
+            .retention_for(retention_domain(server, d));
         if days == 0 {
             continue;
         }
@@ -395,7 +420,7 @@ fn stamp_from_micros(micros: i64) -> String {
 }
 
 /// XEP-0082 DateTime to microseconds since the epoch.
-fn parse_stamp(s: &str) -> Option<i64> {
+pub(crate) fn parse_stamp(s: &str) -> Option<i64> {
     let t =
         ::time::OffsetDateTime::parse(s.trim(), &::time::format_description::well_known::Rfc3339)
             .ok()?;
@@ -553,7 +578,7 @@ async fn run_query(
         })
 }
 
-async fn query(server: &Arc<Server>, req: &IqRequest<'_>, owner: &Jid) -> IqResult {
+pub(crate) async fn query(server: &Arc<Server>, req: &IqRequest<'_>, owner: &Jid) -> IqResult {
     let q = parse_query(server, req.payload)?;
     let page = run_query(server, owner, &q.filter, &q.paging).await?;
     let queryid = req.payload.attr("queryid");

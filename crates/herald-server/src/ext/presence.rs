@@ -625,7 +625,18 @@ pub async fn session_ended(server: &Arc<Server>, session: &mut Session) {
             .with_attr("type", "unavailable")
             .with_attr("from", session.jid.as_str());
         go_unavailable(server, session, el).await;
-    } else if server.registry.sessions(session.jid.bare_str()).is_empty() {
+        return;
+    }
+    // Directed presence without initial presence (a bot in group chats, say): those
+    // recipients still learn that this client left.
+    for j in std::mem::take(&mut session.directed) {
+        let p = Element::new("presence", ns::CLIENT)
+            .with_attr("type", "unavailable")
+            .with_attr("from", session.jid.as_str())
+            .with_attr("to", j.as_str());
+        route(server, p).await;
+    }
+    if server.registry.sessions(session.jid.bare_str()).is_empty() {
         let now = super::now_micros() / 1_000_000;
         // Keep the status of an explicit unavailable sent earlier (XEP-0012 §4).
         let status = match server.storage.last_activity(session.jid.bare_str()).await {
