@@ -377,8 +377,19 @@ async fn roles_and_affiliations() {
         .await;
     assert!(statuses(&k).contains(&"110".into()));
     assert!(k.to_xml().contains("spam"));
-    // Ban: 301, and no way back in.
-    join(&mut cs[3], &r, "v", "").await;
+    // Ban: 301, and no way back in. (Rejoined as a visitor again: moderated room.)
+    cs[3]
+        .send(&format!(
+            "<presence to='{r}/v'><x xmlns='{MUC}'/></presence>"
+        ))
+        .await;
+    cs[3]
+        .expect_match("rejoined", |e| {
+            e.attr("type").is_none()
+                && statuses(e).contains(&"110".into())
+                && item_attr(e, "role").as_deref() == Some("visitor")
+        })
+        .await;
     let res = admin(
         &mut cs[1],
         &r,
@@ -760,16 +771,30 @@ async fn room_created_by_admin_tool_is_served() {
         name: Some("Operations".into()),
         ..Default::default()
     };
-    manage::create(&*server.store, settings, &jid, &["alice@example.test".into()], &opts)
-        .await
-        .unwrap();
+    manage::create(
+        &*server.store,
+        settings,
+        &jid,
+        &["alice@example.test".into()],
+        &opts,
+    )
+    .await
+    .unwrap();
     let p = join(&mut cs[1], &r, "bob", "").await;
-    assert!(!statuses(&p).contains(&"201".into()), "not a new room: {}", p.to_xml());
+    assert!(
+        !statuses(&p).contains(&"201".into()),
+        "not a new room: {}",
+        p.to_xml()
+    );
     assert_eq!(item_attr(&p, "affiliation").as_deref(), Some("none"));
     let p = join(&mut cs[0], &r, "alice", "").await;
     assert_eq!(item_attr(&p, "affiliation").as_deref(), Some("owner"));
     let info = cs[1]
-        .iq("get", Some(&r), "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+        .iq(
+            "get",
+            Some(&r),
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
         .await;
     assert!(info.to_xml().contains("Operations") && info.to_xml().contains("muc_persistent"));
 }

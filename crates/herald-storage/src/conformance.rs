@@ -1811,7 +1811,10 @@ async fn archive_replace(cx: &Cx) {
         "replace_archived finds the message",
     );
     same(
-        ok(s.replace_archived(&room, &sid(9), "<x/>").await, "replace absent"),
+        ok(
+            s.replace_archived(&room, &sid(9), "<x/>").await,
+            "replace absent",
+        ),
         false,
         "replace_archived of an unknown id",
     );
@@ -1836,7 +1839,11 @@ async fn archive_replace(cx: &Cx) {
         "replaced stanza",
     );
     same(page.items[1].stamp_micros, 20, "stamp kept");
-    same(page.items[0].stanza.as_str(), "<message/>", "others untouched");
+    same(
+        page.items[0].stanza.as_str(),
+        "<message/>",
+        "others untouched",
+    );
 }
 
 async fn archive_prefs(cx: &Cx) {

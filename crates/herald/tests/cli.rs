@@ -558,13 +558,23 @@ fn room_commands_create_list_show_affiliate_destroy() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_one_line_error(
-        &herald(&e.cfg, &["room", "create", room, "--owner", "a@example.test"], None),
+        &herald(
+            &e.cfg,
+            &["room", "create", room, "--owner", "a@example.test"],
+            None,
+        ),
         "already exists",
     );
     assert_one_line_error(
         &herald(
             &e.cfg,
-            &["room", "create", "x@elsewhere.test", "--owner", "a@example.test"],
+            &[
+                "room",
+                "create",
+                "x@elsewhere.test",
+                "--owner",
+                "a@example.test",
+            ],
             None,
         ),
         "not a chat service",
@@ -572,7 +582,10 @@ fn room_commands_create_list_show_affiliate_destroy() {
     let o = herald(&e.cfg, &["room", "list", "example.test"], None);
     let out = stdout(&o);
     assert!(out.contains(room) && out.contains("The Team"), "{out}");
-    assert!(out.contains("members-only") && out.contains("alice@example.test"), "{out}");
+    assert!(
+        out.contains("members-only") && out.contains("alice@example.test"),
+        "{out}"
+    );
     let o = herald(
         &e.cfg,
         &["room", "affiliate", room, "bob@example.test", "admin"],
@@ -603,5 +616,8 @@ fn room_commands_create_list_show_affiliate_destroy() {
     let o = herald(&e.cfg, &["room", "destroy", room], None);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_one_line_error(&herald(&e.cfg, &["room", "show", room], None), "no room");
-    assert_eq!(stdout(&herald(&e.cfg, &["room", "list", "example.test"], None)), "");
+    assert_eq!(
+        stdout(&herald(&e.cfg, &["room", "list", "example.test"], None)),
+        ""
+    );
 }
