@@ -1,6 +1,6 @@
 //! herald-bench: a load generator that speaks real XMPP (STARTTLS or direct TLS, SASL
-//! SCRAM-SHA-1 / SCRAM-SHA-256 / PLAIN, resource binding, roster, presence) to any server,
-//! so Herald, ejabberd and Prosody are measured the same way.
+//! SCRAM-SHA-1 / SCRAM-SHA-256 / PLAIN, resource binding, roster, presence, XEP-0045
+//! rooms) to any server, so Herald, ejabberd and Prosody are measured the same way.
 //!
 //! The binary is a thin wrapper around [`run`], which integration tests call directly.
 //! Scenarios live in [`scenarios`]; see `bench/README.md` for what each measures.
@@ -27,7 +27,7 @@ pub use scram::Mech;
 #[command(
     name = "herald-bench",
     version,
-    about = "Load generator for XMPP servers: logins, 1:1 chat, presence fan-out"
+    about = "Load generator for XMPP servers: logins, 1:1 chat, presence fan-out, multi-user chat"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -115,9 +115,10 @@ pub enum Command {
     Presence(PresenceArgs),
     /// Creates mutual roster subscriptions (K contacts each) over XMPP.
     Provision(ProvisionArgs),
-    /// Multi-user chat (not yet supported by Herald).
-    Muc,
-    /// Message archive queries (not yet supported by Herald).
+    /// Multi-user chat (XEP-0045): room joins, then groupchat fan-out; join time,
+    /// delivery rate, latency, loss, duplicates.
+    Muc(MucArgs),
+    /// Message archive queries (not implemented in herald-bench yet).
     Mam,
 }
 
@@ -176,6 +177,43 @@ pub struct PresenceArgs {
     /// exchange settles).
     #[arg(long, default_value_t = 2.0)]
     pub settle: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MucArgs {
+    /// Number of rooms.
+    #[arg(long, default_value_t = 10)]
+    pub rooms: usize,
+    /// Occupants per room (default: --users / --rooms). User i joins room i / M; users
+    /// beyond rooms × M stay out of the rooms.
+    #[arg(long)]
+    pub occupants: Option<usize>,
+    /// Groupchat messages sent per second, all rooms together (each is fanned out to
+    /// every occupant of its room, the sender included).
+    #[arg(long, default_value_t = 10.0)]
+    pub rate: f64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// MUC service domain (default: conference.<domain>).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// Rooms are ROOM_PREFIX<r>@service, r = 1..=rooms.
+    #[arg(long, default_value = "benchroom")]
+    pub room_prefix: String,
+    /// Room joins started per second (0: all at once).
+    #[arg(long, default_value_t = 200.0)]
+    pub join_rate: f64,
+    /// Seconds to wait for join (and room configuration) replies after the last join of
+    /// a phase was sent; joins still unanswered then count as failed.
+    #[arg(long, default_value_t = 30.0)]
+    pub join_timeout: f64,
+    /// Extra bytes of body per message.
+    #[arg(long, default_value_t = 0)]
+    pub body_size: usize,
+    /// Seconds to wait for outstanding deliveries after sending stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -289,16 +327,11 @@ pub async fn run(cli: Cli) -> Result<Report, RunError> {
         Command::Chat(a) => scenarios::chat(c, a).await?,
         Command::Presence(a) => scenarios::presence(c, a).await?,
         Command::Provision(a) => scenarios::provision(c, a).await?,
-        // TODO(bench): MUC (XEP-0045) join/broadcast and MAM (XEP-0313) query scenarios,
-        // once Herald implements them; until then comparisons cover connect/chat/presence.
-        Command::Muc => {
-            return Err(RunError::Unsupported(
-                "muc: not yet supported by Herald (no XEP-0045 yet)".into(),
-            ))
-        }
+        Command::Muc(a) => scenarios::muc(c, a).await?,
+        // TODO(bench): a MAM (XEP-0313) archive query scenario.
         Command::Mam => {
             return Err(RunError::Unsupported(
-                "mam: not yet supported by Herald (no XEP-0313 yet)".into(),
+                "mam: not implemented in herald-bench yet".into(),
             ))
         }
     };

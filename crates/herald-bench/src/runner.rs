@@ -164,6 +164,28 @@ pub enum Cmd {
     Chat { to: usize, seq: u64, pad: usize },
     /// A broadcast presence change carrying `seq`.
     Presence { seq: u64 },
+    /// Joins the room with bare JID `room` as nick `u<me>`, asking for no history.
+    MucJoin { room: Arc<str> },
+    /// Submits an empty configuration form to `room` (XEP-0045 instant room), IQ id
+    /// `hbcfg`.
+    MucConfigure { room: Arc<str> },
+    /// A groupchat message to `room` carrying `seq`.
+    Groupchat {
+        room: Arc<str>,
+        seq: u64,
+        pad: usize,
+    },
+}
+
+/// XEP-0045 namespaces.
+pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
+pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
+pub const NS_DATA: &str = "jabber:x:data";
+
+/// A room occupant's nick: `u<index>`.
+pub fn muc_nick(me: usize) -> String {
+    format!("u{me}")
 }
 
 /// What a scenario does with the stanzas its clients receive and send.
@@ -319,6 +341,39 @@ fn encode(me: usize, cmd: &Cmd, cfg: &ConnectConfig, out: &mut Vec<u8>) {
                     Element::new("status", xmpp::NS_CLIENT)
                         .with_text(format!("hb1 {run} {seq} {ts}")),
                 );
+            xmpp::write_stanza(&el, out);
+        }
+        Cmd::MucJoin { room } => {
+            let el = Element::new("presence", xmpp::NS_CLIENT)
+                .with_attr("to", format!("{room}/{}", muc_nick(me)))
+                .with_child(
+                    Element::new("x", NS_MUC)
+                        .with_child(Element::new("history", NS_MUC).with_attr("maxstanzas", "0")),
+                );
+            xmpp::write_stanza(&el, out);
+        }
+        Cmd::MucConfigure { room } => {
+            let el = Element::new("iq", xmpp::NS_CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", "hbcfg")
+                .with_attr("to", &**room)
+                .with_child(
+                    Element::new("query", NS_MUC_OWNER)
+                        .with_child(Element::new("x", NS_DATA).with_attr("type", "submit")),
+                );
+            xmpp::write_stanza(&el, out);
+        }
+        Cmd::Groupchat { room, seq, pad } => {
+            let mut body = format!("hb1 {run} {seq} {ts} {me}");
+            if *pad > 0 {
+                body.push(' ');
+                body.extend(std::iter::repeat_n('x', *pad));
+            }
+            let el = Element::new("message", xmpp::NS_CLIENT)
+                .with_attr("to", &**room)
+                .with_attr("type", "groupchat")
+                .with_attr("id", format!("g{run}-{seq}"))
+                .with_child(Element::new("body", xmpp::NS_CLIENT).with_text(body));
             xmpp::write_stanza(&el, out);
         }
     }

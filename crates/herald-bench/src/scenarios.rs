@@ -1,8 +1,8 @@
-//! The scenarios: `connect`, `chat`, `presence` and `provision`.
+//! The scenarios: `connect`, `chat`, `presence`, `provision` and `muc`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use herald_xml::Element;
@@ -14,7 +14,9 @@ use crate::report::Report;
 use crate::runner::{self, Clients, Cmd, Handler, Population, Progress};
 use crate::stats::{now_ns, AtomicBits, Counters, Histogram};
 use crate::xmpp::{self, LoginSteps, Session};
-use crate::{ChatArgs, Common, ConnectArgs, Contacts, PresenceArgs, ProvisionArgs, RunError};
+use crate::{
+    ChatArgs, Common, ConnectArgs, Contacts, MucArgs, PresenceArgs, ProvisionArgs, RunError,
+};
 
 fn server_name(c: &Common) -> String {
     format!("{}:{} ({})", c.host, c.port(), c.domain)
@@ -661,6 +663,508 @@ pub async fn presence(c: &Common, a: &PresenceArgs) -> Result<Report, RunError> 
     }
     if misrouted > 0 {
         r.fail(format!("{misrouted} presences from non-contacts"));
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// muc
+
+/// Join progress of one user.
+const JOIN_NONE: u8 = 0;
+const JOIN_SENT: u8 = 1;
+const JOIN_OK: u8 = 2;
+const JOIN_FAILED: u8 = 3;
+
+/// Outcome of the owner's configuration form.
+const CFG_NONE: u8 = 0;
+const CFG_OK: u8 = 1;
+const CFG_FAILED: u8 = 2;
+
+const NS_DELAY: &str = "urn:xmpp:delay";
+
+struct MucState {
+    run: u32,
+    /// Room bare JID → room index.
+    rooms: HashMap<String, usize>,
+    /// The room each user joins (`None`: not an occupant).
+    room_of: Vec<Option<usize>>,
+    progress: Arc<Progress>,
+    join_sent_ns: Vec<AtomicU64>,
+    join: Vec<AtomicU8>,
+    /// The self-presence carried status 201: this user created the room.
+    created: Vec<AtomicBool>,
+    configured: Vec<AtomicU8>,
+    join_time: Histogram,
+    sent: AtomicBits,
+    counts: Counters,
+    latency: Histogram,
+    misrouted: AtomicU64,
+    stale: AtomicU64,
+    history: AtomicU64,
+    errors: AtomicU64,
+    unsent: AtomicU64,
+    last_recv_ns: AtomicU64,
+    samples: Mutex<Vec<String>>,
+}
+
+impl MucState {
+    fn sample(&self, s: String) {
+        let mut v = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 5 {
+            v.push(s);
+        }
+    }
+
+    fn joined(&self, i: usize) -> bool {
+        self.join[i].load(Ordering::Acquire) == JOIN_OK
+    }
+
+    fn on_presence(&self, me: usize, room: usize, el: &Element) {
+        let nick = el.attr("from").and_then(|f| f.split_once('/')).map(|x| x.1);
+        let x = el.child("x", runner::NS_MUC_USER);
+        let codes: Vec<&str> = x
+            .map(|x| {
+                x.elements()
+                    .filter(|c| c.name == "status")
+                    .filter_map(|c| c.attr("code"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mine = codes.contains(&"110") || nick == Some(runner::muc_nick(me).as_str());
+        if !mine || self.room_of[me] != Some(room) {
+            return;
+        }
+        // Only the reply to our own join counts (a join is answered once).
+        let ty = el.attr("type");
+        let settle = |to: u8| {
+            self.join[me]
+                .compare_exchange(JOIN_SENT, to, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        };
+        if ty == Some("error") {
+            if settle(JOIN_FAILED) {
+                self.sample(format!("join of user {me}: {}", xmpp::stanza_error(el)));
+            }
+        } else if ty.is_none() && codes.contains(&"110") && settle(JOIN_OK) {
+            let sent = self.join_sent_ns[me].load(Ordering::Acquire);
+            self.join_time.record(now_ns().saturating_sub(sent) / 1000);
+            if codes.contains(&"201") {
+                self.created[me].store(true, Ordering::Release);
+            }
+        }
+    }
+
+    fn on_message(&self, me: usize, room: Option<usize>, el: &Element) {
+        if el.attr("type") == Some("error") {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.sample(format!("message bounced: {}", xmpp::stanza_error(el)));
+            return;
+        }
+        if el.attr("type") != Some("groupchat") {
+            return;
+        }
+        let Some(body) = el.child("body", xmpp::NS_CLIENT) else {
+            return;
+        };
+        let text = body.text();
+        let Some((run, seq, ts, mut rest)) = parse_marker(&text) else {
+            return;
+        };
+        if run != self.run {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if el.child("delay", NS_DELAY).is_some() {
+            // Room history despite maxstanzas='0': not a live delivery.
+            self.history.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let sender: Option<usize> = rest.next().and_then(|t| t.parse().ok());
+        let sender_room = sender.and_then(|s| self.room_of.get(s).copied().flatten());
+        if room.is_none() || self.room_of[me] != room || sender_room != room {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.counts.bump(seq) {
+            self.misrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let now = now_ns();
+        self.latency.record(now.saturating_sub(ts) / 1000);
+        self.last_recv_ns.fetch_max(now, Ordering::Relaxed);
+        self.progress.received.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Handler for MucState {
+    fn on_stanza(&self, me: usize, el: &Element) {
+        let room = el
+            .attr("from")
+            .and_then(|f| self.rooms.get(xmpp::bare(f)))
+            .copied();
+        match el.name.as_str() {
+            "presence" => {
+                if let Some(room) = room {
+                    self.on_presence(me, room, el);
+                }
+            }
+            "message" => self.on_message(me, room, el),
+            "iq" if el.attr("id") == Some("hbcfg") => {
+                if el.attr("type") == Some("result") {
+                    self.configured[me].store(CFG_OK, Ordering::Release);
+                } else {
+                    self.configured[me].store(CFG_FAILED, Ordering::Release);
+                    self.sample(format!(
+                        "room configuration by user {me}: {}",
+                        xmpp::stanza_error(el)
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_send(&self, me: usize, cmd: &Cmd) {
+        match cmd {
+            Cmd::MucJoin { .. } => {
+                self.join_sent_ns[me].store(now_ns(), Ordering::Release);
+                self.join[me].store(JOIN_SENT, Ordering::Release);
+            }
+            Cmd::Groupchat { seq, .. } => {
+                self.sent.set(*seq);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_unsent(&self, _me: usize, cmd: &Cmd) {
+        if let Cmd::Groupchat { .. } = cmd {
+            self.unsent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Polls `done` every 10 ms until it holds or `deadline` passes; returns whether it held.
+async fn wait_until(deadline: Instant, mut done: impl FnMut() -> bool) -> bool {
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends one join command per user in `who` at `rate` per second (0: at once).
+async fn send_joins(
+    clients: &Clients,
+    who: &[usize],
+    room_jids: &[Arc<str>],
+    room_of: &[Option<usize>],
+    rate: f64,
+) {
+    let start = tokio::time::Instant::now();
+    for (k, &i) in who.iter().enumerate() {
+        if rate > 0.0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(k as f64 / rate)).await;
+        }
+        let Some(r) = room_of[i] else { continue };
+        let cmd = Cmd::MucJoin {
+            room: room_jids[r].clone(),
+        };
+        // A closed queue (session gone) shows up as a join that never completes.
+        let _ = clients.senders[i].send(cmd).await;
+    }
+}
+
+pub async fn muc(c: &Common, a: &MucArgs) -> Result<Report, RunError> {
+    if !(a.rate > 0.0 && a.duration > 0.0) {
+        return Err(RunError::Usage(
+            "--rate and --duration must be positive".into(),
+        ));
+    }
+    if a.rooms == 0 {
+        return Err(RunError::Usage("--rooms must be at least 1".into()));
+    }
+    let per_room = a.occupants.unwrap_or(c.users / a.rooms);
+    if per_room == 0 || per_room > 60_000 || per_room * a.rooms > c.users {
+        return Err(RunError::Usage(format!(
+            "--rooms {} × --occupants {per_room} needs 1..=60000 occupants per room and at most --users {} users",
+            a.rooms, c.users
+        )));
+    }
+    let service = a
+        .service
+        .clone()
+        .unwrap_or_else(|| format!("conference.{}", c.domain));
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
+    let mut pop = c.population()?;
+    let run = run_token();
+    pop.cfg = Arc::new(with_run(&pop, run));
+    let n_users = pop.len();
+    let room_jids: Vec<Arc<str>> = (1..=a.rooms)
+        .map(|r| Arc::from(format!("{}{r}@{service}", a.room_prefix)))
+        .collect();
+    let room_of: Vec<Option<usize>> = (0..n_users)
+        .map(|i| (i < per_room * a.rooms).then_some(i / per_room))
+        .collect();
+    let progress = Arc::new(Progress::default());
+    let _ticker = runner::ticker(progress.clone(), c.quiet);
+    let state = Arc::new(MucState {
+        run,
+        rooms: room_jids
+            .iter()
+            .enumerate()
+            .map(|(r, j)| (j.to_string(), r))
+            .collect(),
+        room_of: room_of.clone(),
+        progress: progress.clone(),
+        join_sent_ns: (0..n_users).map(|_| AtomicU64::new(0)).collect(),
+        join: (0..n_users).map(|_| AtomicU8::new(JOIN_NONE)).collect(),
+        created: (0..n_users).map(|_| AtomicBool::new(false)).collect(),
+        configured: (0..n_users).map(|_| AtomicU8::new(CFG_NONE)).collect(),
+        join_time: Histogram::new(),
+        sent: AtomicBits::new(total),
+        counts: Counters::new(total),
+        latency: Histogram::new(),
+        misrouted: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        history: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        unsent: AtomicU64::new(0),
+        last_recv_ns: AtomicU64::new(0),
+        samples: Mutex::new(Vec::new()),
+    });
+    let rss_before = c.server_pid.and_then(runner::rss_kib);
+    let clients = runner::start(&pop, steps(false), state.clone(), progress.clone());
+    runner::wait_logins(&progress, n_users).await;
+    let online = clients.online_list();
+    let mut r = Report::new("muc", server_name(c));
+    r.param("rooms", a.rooms as u64);
+    r.param("occupants", per_room as u64);
+    r.param("service", service.as_str());
+    r.param("rate", a.rate);
+    r.param("duration_s", a.duration);
+    r.param("join_rate", a.join_rate);
+    r.param("body_size", a.body_size as u64);
+    if online.is_empty() {
+        login_metrics(&mut r, &progress, n_users);
+        r.fail("no user is online");
+        clients.shutdown(Duration::from_secs(5)).await;
+        return Ok(r);
+    }
+    let join_timeout = Duration::from_secs_f64(a.join_timeout.max(0.0));
+
+    // Join phase 1: the first online occupant of each room creates it and, when the room
+    // is new (status 201, locked), submits the empty configuration form (instant room).
+    let join_t0 = Instant::now();
+    let mut owner: Vec<Option<usize>> = vec![None; a.rooms];
+    for &i in &online {
+        if let Some(rm) = room_of[i] {
+            owner[rm].get_or_insert(i);
+        }
+    }
+    let owners: Vec<usize> = owner.iter().flatten().copied().collect();
+    send_joins(&clients, &owners, &room_jids, &room_of, a.join_rate).await;
+    let deadline = Instant::now() + join_timeout;
+    let settled = |i: usize| state.join[i].load(Ordering::Acquire) >= JOIN_OK;
+    wait_until(deadline, || owners.iter().all(|&o| settled(o))).await;
+    let mut configuring = Vec::new();
+    for &o in &owners {
+        if !state.joined(o) {
+            continue;
+        }
+        if state.created[o].load(Ordering::Acquire) {
+            let room = room_jids[room_of[o].unwrap_or(0)].clone();
+            let _ = clients.senders[o].send(Cmd::MucConfigure { room }).await;
+            configuring.push(o);
+        } else {
+            // The room existed already (e.g. persistent): it is not locked.
+            state.configured[o].store(CFG_OK, Ordering::Release);
+        }
+    }
+    let deadline = Instant::now() + join_timeout;
+    wait_until(deadline, || {
+        configuring
+            .iter()
+            .all(|&o| state.configured[o].load(Ordering::Acquire) != CFG_NONE)
+    })
+    .await;
+    let ready: Vec<bool> = owner
+        .iter()
+        .map(|o| o.is_some_and(|o| state.configured[o].load(Ordering::Acquire) == CFG_OK))
+        .collect();
+    let rooms_created = owners
+        .iter()
+        .filter(|&&o| state.created[o].load(Ordering::Acquire))
+        .count() as u64;
+
+    // Join phase 2: everyone else joins the rooms that are ready.
+    let rest: Vec<usize> = online
+        .iter()
+        .copied()
+        .filter(|&i| room_of[i].is_some_and(|rm| ready[rm] && owner[rm] != Some(i)))
+        .collect();
+    send_joins(&clients, &rest, &room_jids, &room_of, a.join_rate).await;
+    let deadline = Instant::now() + join_timeout;
+    wait_until(deadline, || rest.iter().all(|&i| settled(i))).await;
+    let join_phase = join_t0.elapsed();
+
+    let occupants_online = online.iter().filter(|&&i| room_of[i].is_some()).count() as u64;
+    let joined: Vec<usize> = online
+        .iter()
+        .copied()
+        .filter(|&i| state.joined(i))
+        .collect();
+    let mut members = vec![0u64; a.rooms];
+    for &i in &joined {
+        if let Some(rm) = room_of[i] {
+            members[rm] += 1;
+        }
+    }
+    let joins_failed = occupants_online - joined.len() as u64;
+
+    // Messages: round-robin over the occupants that joined, each to its own room; every
+    // occupant of the room (the sender included) must receive it exactly once.
+    let n = joined.len().max(1);
+    let sender_of = |seq: u64| joined[(seq % n as u64) as usize];
+    let room_of_sender = |seq: u64| room_of[sender_of(seq)].unwrap_or(0);
+    let gen_start_ns = now_ns();
+    let g = if joined.is_empty() {
+        GenStats::default()
+    } else {
+        generate(&clients, a.rate, total, |seq| {
+            let s = sender_of(seq);
+            let cmd = Cmd::Groupchat {
+                room: room_jids[room_of_sender(seq)].clone(),
+                seq,
+                pad: a.body_size,
+            };
+            (s, cmd)
+        })
+        .await
+    };
+    let expected_for_sent = || {
+        (0..total)
+            .filter(|&s| state.sent.get(s))
+            .map(|s| members[room_of_sender(s)])
+            .sum::<u64>()
+    };
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain.max(0.0));
+    loop {
+        let written = state.sent.count();
+        let unsent = state.unsent.load(Ordering::Relaxed);
+        let received = progress.received.load(Ordering::Relaxed);
+        if (written + unsent >= g.enqueued && received >= expected_for_sent())
+            || Instant::now() >= deadline
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_after = c.server_pid.and_then(runner::rss_kib);
+    clients.shutdown(Duration::from_secs(30)).await;
+
+    let (mut written, mut expected, mut lost, mut dup) = (0u64, 0u64, 0u64, 0u64);
+    for s in (0..total).filter(|&s| state.sent.get(s)) {
+        written += 1;
+        let e = members[room_of_sender(s)];
+        let got = state.counts.get(s);
+        expected += e;
+        lost += e.saturating_sub(got);
+        dup += got.saturating_sub(e);
+    }
+    let delivered = progress.received.load(Ordering::Relaxed);
+    let last = state.last_recv_ns.load(Ordering::Relaxed);
+    let span = (last.saturating_sub(gen_start_ns) as f64 / 1e9)
+        .max(g.elapsed.as_secs_f64())
+        .max(1e-9);
+    let misrouted = state.misrouted.load(Ordering::Relaxed);
+    let errors = state.errors.load(Ordering::Relaxed);
+    let ms = |v: u64| v as f64 / 1000.0;
+
+    r.metric("users", n_users as u64, "");
+    r.metric("online", online.len() as u64, "");
+    r.metric("rooms", a.rooms as u64, "");
+    r.metric("rooms_created", rooms_created, "");
+    r.metric(
+        "rooms_ready",
+        ready.iter().filter(|&&b| b).count() as u64,
+        "",
+    );
+    r.metric("joins_ok", joined.len() as u64, "");
+    r.metric("joins_failed", joins_failed, "");
+    r.metric_f("join_time_p50", ms(state.join_time.quantile(0.5)), "ms");
+    r.metric_f("join_time_p99", ms(state.join_time.quantile(0.99)), "ms");
+    r.metric_f("join_time_max", ms(state.join_time.max()), "ms");
+    r.metric_f("join_phase", join_phase.as_secs_f64(), "s");
+    r.metric_f("offered_rate", a.rate, "msg/s");
+    r.metric("messages_planned", total, "");
+    r.metric("messages_sent", written, "");
+    r.metric("skipped_backlog", g.skipped_backlog, "");
+    r.metric("skipped_offline", g.skipped_offline, "");
+    r.metric_f(
+        "send_rate",
+        written as f64 / g.elapsed.as_secs_f64().max(1e-9),
+        "msg/s",
+    );
+    r.metric("copies_expected", expected, "");
+    r.metric("delivered", delivered, "");
+    r.metric_f("delivered_per_s", delivered as f64 / span, "msg/s");
+    r.metric("lost", lost, "");
+    r.metric("duplicated", dup, "");
+    r.metric("misrouted", misrouted, "");
+    r.metric("error_replies", errors, "");
+    r.metric(
+        "history_replayed",
+        state.history.load(Ordering::Relaxed),
+        "",
+    );
+    r.metric(
+        "unsent_on_disconnect",
+        state.unsent.load(Ordering::Relaxed),
+        "",
+    );
+    r.metric(
+        "stale_from_earlier_runs",
+        state.stale.load(Ordering::Relaxed),
+        "",
+    );
+    latency_metrics(&mut r, &state.latency);
+    login_metrics(&mut r, &progress, n_users);
+    rss_metrics(&mut r, rss_before, rss_after, online.len() as u64);
+    if joins_failed > 0 {
+        r.fail(format!(
+            "{joins_failed} of {occupants_online} room joins failed"
+        ));
+    }
+    if lost > 0 {
+        r.fail(format!("{lost} of {expected} groupchat copies lost"));
+    }
+    if dup > 0 {
+        r.fail(format!("{dup} groupchat copies duplicated"));
+    }
+    if misrouted > 0 {
+        r.fail(format!(
+            "{misrouted} groupchat messages reached the wrong user"
+        ));
+    }
+    if errors > 0 {
+        r.fail(format!("{errors} messages bounced with an error"));
+    }
+    if written == 0 {
+        r.fail("no message was sent");
+    }
+    for s in state
+        .samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        r.fail(format!("e.g. {s}"));
     }
     Ok(r)
 }

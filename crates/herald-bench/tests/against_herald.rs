@@ -1,6 +1,7 @@
 //! herald-bench against a real Herald server started in-process on 127.0.0.1:0: every
 //! scenario's exact accounting must come out clean (no lost, duplicated or misrouted
-//! messages, no failed logins), over STARTTLS and direct TLS with each SASL mechanism.
+//! messages, no failed logins, no failed room joins), over STARTTLS and direct TLS with each
+//! SASL mechanism.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -170,6 +171,51 @@ async fn connect_provision_and_presence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn muc_fans_out_every_message_to_every_occupant() {
+    let s = start_server().await;
+    s.add_users(21).await;
+    let json = s._dir.path().join("muc.json");
+    // 2 rooms × 10 occupants; user 21 stays outside the rooms.
+    let r = s
+        .bench(&format!(
+            "--users 21 --arrival-rate 0 --json {} muc --rooms 2 --occupants 10 \
+             --rate 100 --duration 1.5 --join-rate 100 --drain 10",
+            json.display()
+        ))
+        .await
+        .expect("muc runs");
+    assert_clean(&r);
+    assert_eq!(r.get_u64("logins_ok"), Some(21));
+    assert_eq!(r.get_u64("rooms_created"), Some(2), "{}", r.to_text());
+    assert_eq!(r.get_u64("joins_ok"), Some(20), "{}", r.to_text());
+    assert_eq!(r.get_u64("joins_failed"), Some(0), "{}", r.to_text());
+    assert_eq!(r.get_u64("messages_sent"), Some(150), "{}", r.to_text());
+    // Every message reaches the 10 occupants of its room, the sender included.
+    assert_eq!(r.get_u64("copies_expected"), Some(1500), "{}", r.to_text());
+    assert_eq!(r.get_u64("delivered"), Some(1500), "{}", r.to_text());
+    assert_eq!(r.get_u64("history_replayed"), Some(0), "{}", r.to_text());
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid json");
+    assert_eq!(written["results"]["lost"], 0);
+    assert_eq!(written["ok"], true);
+    assert!(r.to_markdown().contains("| lost | 0 |"));
+
+    // The rooms were destroyed when emptied: a second run creates them again, over
+    // direct TLS with an explicit service and all joins at once.
+    let r = s
+        .bench(&format!(
+            "--users 20 --port DIRECT --direct-tls muc --rooms 2 --service conference.{DOMAIN} \
+             --rate 50 --duration 1 --join-rate 0 --body-size 50"
+        ))
+        .await
+        .expect("muc runs");
+    assert_clean(&r);
+    assert_eq!(r.get_u64("joins_ok"), Some(20), "{}", r.to_text());
+    assert_eq!(r.get_u64("delivered"), Some(500), "{}", r.to_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_and_unsupported_scenarios_fail() {
     let s = start_server().await;
     s.add_users(2).await;
@@ -180,8 +226,8 @@ async fn wrong_password_and_unsupported_scenarios_fail() {
     assert!(!r.ok());
     assert_eq!(r.get_u64("logins_failed"), Some(2));
     assert!(matches!(
-        s.bench("muc").await,
-        Err(RunError::Unsupported(_))
+        s.bench("--users 2 muc --rooms 3").await,
+        Err(RunError::Usage(_))
     ));
     assert!(matches!(
         s.bench("mam").await,
