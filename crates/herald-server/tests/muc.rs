@@ -353,6 +353,23 @@ async fn roles_and_affiliations() {
     cs[3]
         .expect_match("reflected", |e| body_of(e).as_deref() == Some("thanks"))
         .await;
+    // Affiliation by nick (as some clients send it): the owner makes the member an admin.
+    let res = admin(&mut cs[0], &r, "<item nick='p' affiliation='admin'/>").await;
+    assert_eq!(res.attr("type"), Some("result"), "{}", res.to_xml());
+    let l = cs[0]
+        .iq(
+            "get",
+            Some(&r),
+            "<query xmlns='http://jabber.org/protocol/muc#admin'><item affiliation='admin'/></query>",
+        )
+        .await;
+    assert!(l.to_xml().contains("pat@example.test"), "{}", l.to_xml());
+    cs[2]
+        .expect_match("promoted", |e| {
+            item_attr(e, "affiliation").as_deref() == Some("admin")
+                && item_attr(e, "role").as_deref() == Some("moderator")
+        })
+        .await;
     // An admin cannot ban the owner.
     let e = admin(
         &mut cs[1],

@@ -253,10 +253,20 @@ fn check_change(room: &Room, from: &Jid, item: &Element) -> Result<Change, Stanz
     let my_role = role_of(room, from);
     if let Some(a) = item.attr("affiliation") {
         let aff = Affiliation::parse(a).ok_or_else(|| StanzaError::new(Cond::BadRequest))?;
-        let jid_s = item
-            .attr("jid")
-            .ok_or_else(|| StanzaError::new(Cond::BadRequest).with_text("an item needs a jid"))?;
-        let jid = Jid::parse(jid_s).map_err(|_| StanzaError::new(Cond::JidMalformed))?;
+        // By JID, or (as some clients send it) by the nick of a present occupant.
+        let jid = match (item.attr("jid"), item.attr("nick")) {
+            (Some(j), _) => Jid::parse(j).map_err(|_| StanzaError::new(Cond::JidMalformed))?,
+            (None, Some(n)) => room
+                .occupants
+                .get(n)
+                .map(|o| o.real.clone())
+                .ok_or_else(|| {
+                    StanzaError::new(Cond::ItemNotFound).with_text("no occupant with that nick")
+                })?,
+            (None, None) => {
+                return Err(StanzaError::new(Cond::BadRequest).with_text("an item needs a jid"))
+            }
+        };
         // Affiliations are for bare or domain JIDs.
         let target = jid.bare();
         let current = room
