@@ -161,8 +161,16 @@ pub fn iq_result(req: &Element, payload: Option<Element>) -> Element {
     r
 }
 
+/// The reply to an IQ request: a result with the payload, or the error.
+pub fn iq_reply(req: &Element, res: IqResult) -> Element {
+    match res {
+        Ok(p) => iq_result(req, p),
+        Err(e) => e.reply_to(req),
+    }
+}
+
 /// RFC 6120 §8.2.3: get/set carry exactly one payload element.
-fn payload_of(el: &Element) -> Result<&Element, StanzaError> {
+pub(crate) fn payload_of(el: &Element) -> Result<&Element, StanzaError> {
     let mut it = el.elements();
     match (it.next(), it.next()) {
         (Some(p), None) => Ok(p),
@@ -195,10 +203,7 @@ async fn run(
         }
         Err(e) => Err(e),
     };
-    match res {
-        Ok(p) => iq_result(el, p),
-        Err(e) => e.reply_to(el),
-    }
+    iq_reply(el, res)
 }
 
 /// An IQ request addressed to a served domain.

@@ -27,7 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::iq_result;
 use crate::router::{bounce, route as route_stanza};
 use crate::Server;
 
@@ -114,10 +113,7 @@ pub async fn route(server: &Arc<Server>, el: Element, to: &Jid, host: &str) {
             let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
                 return;
             };
-            let reply = match handle_iq(server, &el, &from, to, host).await {
-                Ok(payload) => iq_result(&el, payload),
-                Err(e) => e.reply_to(&el),
-            };
+            let reply = crate::ext::iq_reply(&el, handle_iq(server, &el, &from, to, host).await);
             route_stanza(server, reply).await;
         }
         "message" => bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await,
@@ -135,11 +131,7 @@ async fn handle_iq(
     if to.node().is_some() || to.resource().is_some() {
         return Err(StanzaError::new(Cond::ServiceUnavailable));
     }
-    let mut children = el.elements();
-    let (Some(payload), None) = (children.next(), children.next()) else {
-        return Err(StanzaError::new(Cond::BadRequest)
-            .with_text("an IQ request carries exactly one payload"));
-    };
+    let payload = crate::ext::payload_of(el)?;
     let set = el.attr("type") == Some("set");
     match (payload.ns.as_str(), payload.name.as_str(), set) {
         (ns::DISCO_INFO, "query", false) => {

@@ -20,7 +20,7 @@ use herald_storage::StorageError;
 use herald_xml::Element;
 
 use super::disco::ServerInfo;
-use super::{iq_result, IqHandler, IqRegistry, IqRequest, IqResult, Target};
+use super::{IqHandler, IqRegistry, IqRequest, IqResult, Target};
 use crate::accounts;
 use crate::Server;
 
@@ -124,10 +124,7 @@ async fn derive(
 /// A `jabber:iq:register` request on an unauthenticated, TLS-secured stream for `domain`
 /// (the stream's 'to'). Returns the reply to send.
 pub async fn pre_auth(server: &Arc<Server>, ip: IpAddr, domain: &str, el: &Element) -> Element {
-    match pre_auth_inner(server, ip, domain, el).await {
-        Ok(payload) => iq_result(el, payload),
-        Err(e) => e.reply_to(el),
-    }
+    super::iq_reply(el, pre_auth_inner(server, ip, domain, el).await)
 }
 
 async fn pre_auth_inner(server: &Arc<Server>, ip: IpAddr, domain: &str, el: &Element) -> IqResult {
@@ -135,14 +132,7 @@ async fn pre_auth_inner(server: &Arc<Server>, ip: IpAddr, domain: &str, el: &Ele
         return Err(StanzaError::new(Cond::NotAllowed)
             .with_text("in-band registration is disabled on this server"));
     }
-    let mut children = el.elements();
-    let query = match (children.next(), children.next()) {
-        (Some(q), None) => q,
-        _ => {
-            return Err(StanzaError::new(Cond::BadRequest)
-                .with_text("an IQ request carries exactly one payload"))
-        }
-    };
+    let query = super::payload_of(el)?;
     if el.attr("type") == Some("get") {
         return Ok(Some(
             Element::new("query", NS)

@@ -9,7 +9,7 @@ use herald_xml::Element;
 
 use super::config::*;
 use super::room::Room;
-use crate::ext::{iq_result, now_stamp, IqRequest, Target};
+use crate::ext::{now_stamp, IqRequest, Target};
 
 pub async fn on_room_iq(room: &mut Room, el: Element, from: Jid) {
     let kind = el.attr("type").unwrap_or("");
@@ -17,14 +17,9 @@ pub async fn on_room_iq(room: &mut Room, el: Element, from: Jid) {
         return;
     }
     let set = kind == "set";
-    let mut children = el.elements();
-    let payload = match (children.next(), children.next()) {
-        (Some(p), None) => p.clone(),
-        _ => {
-            return room
-                .error_reply(&el, StanzaError::new(Cond::BadRequest))
-                .await
-        }
+    let payload = match crate::ext::payload_of(&el) {
+        Ok(p) => p.clone(),
+        Err(e) => return room.error_reply(&el, e).await,
     };
     if payload.is("query", ns::MAM) && set {
         return mam_query(room, &el, &payload, &from).await;
@@ -44,11 +39,7 @@ pub async fn on_room_iq(room: &mut Room, el: Element, from: Jid) {
         ("query", ns::MAM, false) => Ok(Some(mam_form())),
         _ => Err(StanzaError::new(Cond::ServiceUnavailable)),
     };
-    let reply = match res {
-        Ok(p) => iq_result(&el, p),
-        Err(e) => e.reply_to(&el),
-    };
-    crate::router::route(&room.server, reply).await
+    crate::router::route(&room.server, crate::ext::iq_reply(&el, res)).await
 }
 
 fn feature(var: &str) -> Element {
@@ -790,10 +781,7 @@ async fn mam_query(room: &Room, el: &Element, payload: &Element, from: &Jid) {
                 stanza: el,
                 session: None,
             };
-            match crate::ext::mam::query(server, &req, &room.jid).await {
-                Ok(p) => iq_result(el, p),
-                Err(e) => e.reply_to(el),
-            }
+            crate::ext::iq_reply(el, crate::ext::mam::query(server, &req, &room.jid).await)
         }
     };
     crate::router::route(server, reply).await

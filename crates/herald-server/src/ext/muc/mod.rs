@@ -21,7 +21,6 @@ use herald_core::{ns, Jid, StanzaError, StanzaErrorCondition as Cond};
 use herald_xml::Element;
 use tokio::sync::mpsc;
 
-use crate::ext::iq_result;
 use crate::router::bounce;
 use crate::Server;
 use config::*;
@@ -220,7 +219,10 @@ async fn service_stanza(server: &Arc<Server>, el: Element, to: &Jid) {
     if !matches!(el.attr("type"), Some("get" | "set")) {
         return;
     }
-    let payload = el.elements().next().cloned();
+    let payload = match crate::ext::payload_of(&el) {
+        Ok(p) => Some(p.clone()),
+        Err(e) => return crate::router::route(server, e.reply_to(&el)).await,
+    };
     let get = el.attr("type") == Some("get");
     let reply = match payload {
         Some(p) if get && p.is("query", ns::DISCO_INFO) && p.attr("node").is_none() => {
@@ -248,11 +250,7 @@ async fn service_stanza(server: &Arc<Server>, el: Element, to: &Jid) {
         Some(p) if get && p.is("ping", ns::PING) => Ok(None),
         _ => Err(StanzaError::new(Cond::ServiceUnavailable)),
     };
-    let out = match reply {
-        Ok(p) => iq_result(&el, p),
-        Err(e) => e.reply_to(&el),
-    };
-    crate::router::route(server, out).await
+    crate::router::route(server, crate::ext::iq_reply(&el, reply)).await
 }
 
 /// disco#items of the service: public rooms, asked of each room's task (their names and

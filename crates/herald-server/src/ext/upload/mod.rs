@@ -32,7 +32,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use self::blob::{BlobError, BlobStore, FsBlobStore};
-use super::{iq_result, now_micros, storage_error};
+use super::{now_micros, storage_error};
 use crate::c2s::Session;
 use crate::config::Settings;
 use crate::router::{bounce, route as route_stanza};
@@ -300,10 +300,7 @@ pub async fn route(server: &Arc<Server>, el: Element, to: &Jid, host: &str) {
             let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
                 return;
             };
-            let reply = match handle_iq(server, &el, &from, to, host).await {
-                Ok(payload) => iq_result(&el, payload),
-                Err(e) => e.reply_to(&el),
-            };
+            let reply = crate::ext::iq_reply(&el, handle_iq(server, &el, &from, to, host).await);
             route_stanza(server, reply).await;
         }
         "message" => bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await,
@@ -321,11 +318,7 @@ async fn handle_iq(
     if to.node().is_some() || to.resource().is_some() {
         return Err(StanzaError::new(Cond::ServiceUnavailable));
     }
-    let mut children = el.elements();
-    let (Some(payload), None) = (children.next(), children.next()) else {
-        return Err(StanzaError::new(Cond::BadRequest)
-            .with_text("an IQ request carries exactly one payload"));
-    };
+    let payload = crate::ext::payload_of(el)?;
     let set = el.attr("type") == Some("set");
     match (payload.ns.as_str(), payload.name.as_str(), set) {
         (ns::DISCO_INFO, "query", false) => {
