@@ -45,6 +45,7 @@ pub async fn run_all(store: Arc<dyn Storage>) {
     last_activity(&cx).await;
     archive(&cx).await;
     archive_concurrency(&cx).await;
+    archive_concurrency_many_owners(&cx).await;
     archive_expiry(&cx).await;
     archive_replace(&cx).await;
     archive_prefs(&cx).await;
@@ -1711,6 +1712,97 @@ async fn archive_concurrency(cx: &Cx) {
             .all(|w| w[0].id < w[1].id && w[0].stamp_micros <= w[1].stamp_micros),
         "[archive concurrency] stamps non-decreasing in id order"
     );
+}
+
+/// 200 concurrent appends over 20 owners, two stanza ids of each owner sent twice: each
+/// request gets its own outcome (a backend may commit many appends together, but a
+/// duplicate fails only itself), and the stored archives follow the stamp rule in id order.
+async fn archive_concurrency_many_owners(cx: &Cx) {
+    const OWNERS: usize = 20;
+    const PER_OWNER: usize = 10;
+    let check = "archive many owners";
+    let owner_of = |o: usize| cx.jid(&format!("archmany{o}"));
+    // Request k of an owner uses stanza id m{k}, except k = 7 and 9, which repeat m6 and m8.
+    let sid_of = |k: usize| match k {
+        7 | 9 => format!("m{}", k - 1),
+        _ => format!("m{k}"),
+    };
+    let mut tasks = Vec::new();
+    for i in 0..OWNERS * PER_OWNER {
+        let (o, k) = (i % OWNERS, i / OWNERS);
+        let store = cx.store.clone();
+        let owner = owner_of(o);
+        let sid = sid_of(k);
+        // Scrambled stamps, so the "max with the latest stored stamp" rule matters.
+        let stamp = 2_000_000_000 + ((i as i64 * 7919) % 1000) * 1000;
+        let stanza = format!("<message id='req{i}'/>");
+        tasks.push(tokio::spawn(async move {
+            let r = store
+                .append_archive(&owner, &archived(&sid, BOB, stamp, &stanza))
+                .await;
+            (o, sid, stamp, stanza, r)
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.expect("append task"));
+    }
+
+    let mut all_ids = BTreeSet::new();
+    for o in 0..OWNERS {
+        // (id, requested stamp, stanza) of each accepted append of this owner.
+        let mut accepted = Vec::new();
+        for k in 0..PER_OWNER {
+            let sid = sid_of(k);
+            let group: Vec<_> = outcomes
+                .iter()
+                .filter(|(oo, s, ..)| *oo == o && *s == sid)
+                .collect();
+            let oks: Vec<_> = group.iter().filter(|g| g.4.is_ok()).collect();
+            same(oks.len(), 1, &format!("{check}: one append of {sid} wins"));
+            for g in &group {
+                match &g.4 {
+                    Ok(id) => accepted.push((*id, g.2, g.3.clone())),
+                    Err(StorageError::AlreadyExists) => {}
+                    Err(e) => panic!("[{check}] append of {sid} failed: {e}"),
+                }
+            }
+        }
+        accepted.sort_unstable();
+        accepted.dedup();
+        same(
+            accepted.len(),
+            8,
+            &format!("{check}: distinct accepted appends"),
+        );
+        for (id, ..) in &accepted {
+            assert!(all_ids.insert(*id), "[{check}] row id {id} returned twice");
+        }
+
+        let page = ok(
+            cx.store
+                .query_archive(&owner_of(o), &ArchiveFilter::default(), &page_of(100))
+                .await,
+            check,
+        )
+        .expect("no ids named");
+        same(page.count, Some(8), &format!("{check}: stored count"));
+        same(
+            page.items.iter().map(|m| m.id).collect::<Vec<_>>(),
+            accepted.iter().map(|a| a.0).collect::<Vec<_>>(),
+            &format!("{check}: stored ids are the returned ids"),
+        );
+        let mut latest = i64::MIN;
+        for (m, (_, requested, stanza)) in page.items.iter().zip(&accepted) {
+            same(&m.stanza, stanza, &format!("{check}: stored stanza"));
+            latest = latest.max(*requested);
+            same(
+                m.stamp_micros,
+                latest,
+                &format!("{check}: stamp is max(requested, latest stored)"),
+            );
+        }
+    }
 }
 
 async fn archive_expiry(cx: &Cx) {

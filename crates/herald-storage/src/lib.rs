@@ -22,7 +22,8 @@
 //! committed: a crash or `SIGKILL` of the process immediately afterwards loses nothing. The
 //! server relies on this to acknowledge stanzas (XEP-0198 acks, offline storage, roster
 //! pushes) only after the call returns. SQLite runs in WAL mode with `synchronous=FULL`, so
-//! every commit is fsynced; PostgreSQL commits synchronously (with the server's own
+//! every commit is fsynced (concurrent archive and offline appends share one commit, and
+//! each returns only after it); PostgreSQL commits synchronously (with the server's own
 //! `synchronous_commit`, which operators must not turn off).
 //!
 //! Every method is atomic: multi-row changes (a roster item plus its version bump, an
@@ -57,6 +58,7 @@ mod files_sqlite;
 pub mod muc;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_writer;
 
 pub use archive::{
     ArchiveDefault, ArchiveFilter, ArchivePage, ArchivePaging, ArchivePrefs, ArchiveStore,
@@ -72,7 +74,7 @@ pub use muc::{MucStore, RoomAffiliation, StoredRoom};
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 /// Errors returned by storage calls.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StorageError {
     /// The thing being created exists already (e.g. an account).
     #[error("already exists")]

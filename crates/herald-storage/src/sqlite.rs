@@ -5,7 +5,14 @@
 //! serialize on SQLite's write lock and wait up to `busy_timeout` (5 s) for it. Multi-statement
 //! writes use `BEGIN IMMEDIATE`, which takes the write lock up front, so a transaction never
 //! fails half-way because another connection wrote in between; single-statement writes take
-//! it at their start too, which is what makes the offline quota check-and-insert atomic.
+//! it at their start too.
+//!
+//! The hot appends, [`ArchiveStore::append_archive`](crate::ArchiveStore::append_archive) and
+//! [`OfflineStore::store_offline`], are group-committed: each store has a writer task that
+//! runs all appends queued at once in one `BEGIN IMMEDIATE` transaction, so they share one
+//! fsync, and answers each only after that commit (see `sqlite_writer.rs`). Holding
+//! the write lock for the whole batch is also what makes the offline quota
+//! check-and-insert and the archive stamp rule atomic.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -18,6 +25,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use crate::sqlite_writer::{Append, Writer};
 use crate::{
     map_err, map_migrate_err, parse_subscription, quota_i64, to_u32, to_u64, AccountStore,
     BlockStore, LastActivityStore, OfflineMessage, OfflineStore, PrivateStore, Result, RosterItem,
@@ -32,6 +40,8 @@ const CHUNK: usize = 500;
 /// A SQLite-backed [`Storage`].
 pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
+    /// Group-commits archive and offline appends (see `sqlite_writer.rs`).
+    pub(crate) writer: Writer,
 }
 
 impl SqliteStore {
@@ -73,7 +83,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(|e| open_err(path, e))?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            writer: Writer::spawn(pool.clone()),
+            pool,
+        };
         store.migrate().await.map_err(|e| match e {
             StorageError::Unavailable(m) => {
                 StorageError::Unavailable(format!("sqlite database {}: {m}", path.display()))
@@ -98,7 +111,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(map_err)?;
-        let store = SqliteStore { pool };
+        let store = SqliteStore {
+            writer: Writer::spawn(pool.clone()),
+            pool,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -539,22 +555,16 @@ impl OfflineStore for SqliteStore {
         stamp_micros: i64,
         quota: usize,
     ) -> Result<i64> {
-        // A single writing statement holds the write lock from its start, so the count it
-        // checks cannot change before its insert.
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO offline_messages (owner, stanza, stamp_micros) \
-             SELECT ?1, ?2, ?3 \
-             WHERE (SELECT COUNT(*) FROM offline_messages WHERE owner = ?1) < ?4 \
-             RETURNING id",
-        )
-        .bind(owner)
-        .bind(stanza)
-        .bind(stamp_micros)
-        .bind(quota_i64(quota))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
-        id.ok_or(StorageError::QuotaExceeded)
+        // Group-committed; the writer's transaction holds the write lock from its start, so
+        // the count it checks cannot change before its insert.
+        self.writer
+            .submit(Append::Offline {
+                owner: owner.to_string(),
+                stanza: stanza.to_string(),
+                stamp_micros,
+                quota: quota_i64(quota),
+            })
+            .await
     }
 
     async fn offline_messages(&self, owner: &str) -> Result<Vec<OfflineMessage>> {
