@@ -53,13 +53,7 @@ pub async fn serve_conn(server: Arc<Server>, mut conn: Conn, direct_tls: bool) {
     match negotiated {
         // The session gets a task of its own: the negotiation task's state is freed, so a
         // long-lived idle session costs only what it needs.
-        Ok(Negotiated::Bound(bound)) => {
-            server.live_sessions.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(async move {
-                run_session(&server, conn, bound).await;
-                server.live_sessions.fetch_sub(1, Ordering::AcqRel);
-            });
-        }
+        Ok(Negotiated::Bound(bound)) => spawn_session(server, conn, bound),
         Ok(Negotiated::Resume { jid, previd, h }) => {
             Box::pin(resume(server, conn, jid, previd, h)).await
         }
@@ -94,13 +88,7 @@ async fn resume(server: Arc<Server>, mut conn: Conn, jid: Jid, previd: String, h
     match r {
         // The session gets a task of its own: the negotiation task's state is freed, so a
         // long-lived idle session costs only what it needs.
-        Ok(Negotiated::Bound(bound)) => {
-            server.live_sessions.fetch_add(1, Ordering::AcqRel);
-            tokio::spawn(async move {
-                run_session(&server, conn, bound).await;
-                server.live_sessions.fetch_sub(1, Ordering::AcqRel);
-            });
-        }
+        Ok(Negotiated::Bound(bound)) => spawn_session(server, conn, bound),
         Ok(Negotiated::Resume { .. }) | Ok(Negotiated::HandedOff) => {
             finish(
                 &mut conn,
@@ -1030,62 +1018,93 @@ enum LoopEnd {
     Handoff(Box<sm::Handoff>),
 }
 
-async fn run_session(server: &Arc<Server>, conn: Conn, bound: Bound) {
+/// Everything a session task owns, built before the task starts and kept in one heap
+/// block: the task's own future then holds a pointer instead of several moved copies of
+/// the connection (an idle session's memory is mostly this task).
+struct Live {
+    conn: Conn,
+    session: Session,
+    rx: mpsc::Receiver<Outbound>,
+    /// Stanzas queued while hibernating (XEP-0198), written on resumption.
+    pending: VecDeque<Element>,
+}
+
+/// Starts the task of a bound session.
+fn spawn_session(server: Arc<Server>, conn: Conn, bound: Bound) {
     let Bound {
         jid,
         handle,
-        mut rx,
+        rx,
         sm,
         handoff,
         csi_inactive,
     } = bound;
-    let mut session = Session {
-        jid: jid.clone(),
-        handle,
-        directed: Vec::new(),
-        sm,
-        handoff,
-        csi: Csi::starting(csi_inactive),
-        before_reply: std::sync::Mutex::new(Vec::new()),
-    };
-    let mut conn = conn;
-    let mut pending: VecDeque<Element> = VecDeque::new();
-    let end = loop {
-        let handoff = match Box::pin(connected(server, &mut conn, &mut session, &mut rx)).await {
-            LoopEnd::Handoff(h) => {
-                // Takeover of a live connection: the old one is gone for the client.
-                conn.close_with_error(SErr::Conflict, Some("session resumed elsewhere"))
+    let live = Box::new(Live {
+        conn,
+        session: Session {
+            jid,
+            handle,
+            directed: Vec::new(),
+            sm,
+            handoff,
+            csi: Csi::starting(csi_inactive),
+            before_reply: std::sync::Mutex::new(Vec::new()),
+        },
+        rx,
+        pending: VecDeque::new(),
+    });
+    server.live_sessions.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(run_session(server, live));
+}
+
+async fn run_session(server: Arc<Server>, mut live: Box<Live>) {
+    let end = {
+        let Live {
+            conn,
+            session,
+            rx,
+            pending,
+        } = &mut *live;
+        loop {
+            let handoff = match Box::pin(connected(&server, conn, session, rx)).await {
+                LoopEnd::Handoff(h) => {
+                    // Takeover of a live connection: the old one is gone for the client.
+                    // Boxed (rare path): keeps the long-lived session task small.
+                    Box::pin(
+                        conn.close_with_error(SErr::Conflict, Some("session resumed elsewhere")),
+                    )
                     .await;
-                *h
-            }
-            LoopEnd::End(end) => {
-                let resumable = session.sm.as_ref().is_some_and(|s| s.id.is_some())
-                    && matches!(
-                        end,
-                        StreamEnd::Io(_) | StreamEnd::Error(SErr::ConnectionTimeout, _)
-                    );
-                if !resumable {
-                    break end;
+                    *h
                 }
-                tracing::info!(peer = %conn.peer, jid = %jid, "c2s connection lost; session hibernating");
-                match Box::pin(hibernate(server, &mut session, &mut rx, &mut pending)).await {
-                    Some(h) => h,
-                    None => break StreamEnd::Io(std::io::Error::other("resumption timed out")),
+                LoopEnd::End(end) => {
+                    let resumable = session.sm.as_ref().is_some_and(|s| s.id.is_some())
+                        && matches!(
+                            end,
+                            StreamEnd::Io(_) | StreamEnd::Error(SErr::ConnectionTimeout, _)
+                        );
+                    if !resumable {
+                        break end;
+                    }
+                    tracing::info!(peer = %conn.peer, jid = %session.jid, "c2s connection lost; session hibernating");
+                    match Box::pin(hibernate(&server, session, rx, pending)).await {
+                        Some(h) => h,
+                        None => break StreamEnd::Io(std::io::Error::other("resumption timed out")),
+                    }
                 }
-            }
-        };
-        conn = handoff.conn;
-        resumed(
-            server,
-            &mut conn,
-            &mut session,
-            handoff.h,
-            handoff.success,
-            &mut pending,
-        );
-        tracing::info!(peer = %conn.peer, jid = %jid, "c2s session resumed");
+            };
+            *conn = handoff.conn;
+            resumed(&server, conn, session, handoff.h, handoff.success, pending);
+            tracing::info!(peer = %conn.peer, jid = %session.jid, "c2s session resumed");
+        }
     };
-    Box::pin(end_session(server, session, conn, rx, pending, end)).await;
+    let Live {
+        conn,
+        session,
+        rx,
+        pending,
+    } = *live;
+    Box::pin(end_session(&server, session, conn, rx, pending, end)).await;
+    server.live_sessions.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Unbinds first so nothing new is routed here, then announces unavailability and hands

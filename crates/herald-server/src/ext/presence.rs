@@ -392,7 +392,25 @@ async fn inbound_subscription_locked(
 /// §4.3: a probe for a local user's presence.
 async fn probe(server: &Arc<Server>, user: &Jid, prober: &Jid) {
     let owner = user.bare_str();
-    if !account_exists(server, &user.bare()).await {
+    // The roster item first: a contact's roster only exists with its account, so the
+    // usual case (a subscribed contact) needs no separate account lookup.
+    let item = if prober.bare_str() == owner {
+        None
+    } else {
+        match load_item(server, owner, prober.bare_str()).await {
+            Ok(i) => Some(i),
+            Err(e) => {
+                tracing::error!(error = %e, "roster load failed");
+                return;
+            }
+        }
+    };
+    let allowed = match &item {
+        None => true,
+        Some(Some(i)) => is_from(i.subscription),
+        Some(None) => false,
+    };
+    if !matches!(item, Some(Some(_))) && !account_exists(server, &user.bare()).await {
         route(
             server,
             subscription_stanza("unsubscribed", owner, prober.bare_str()),
@@ -400,8 +418,6 @@ async fn probe(server: &Arc<Server>, user: &Jid, prober: &Jid) {
         .await;
         return;
     }
-    let allowed = prober.bare_str() == owner
-        || matches!(load_item(server, owner, prober.bare_str()).await, Ok(Some(i)) if is_from(i.subscription));
     if !allowed {
         return;
     }

@@ -42,6 +42,13 @@ impl IqHandler for RosterHandler {
                 s.handle.shared.interested.store(true, Ordering::Release);
             }
             let (ver, items) = server.storage.roster(owner).await.map_err(storage_error)?;
+            // The initial presence that follows reads the roster again: fill the cache now.
+            if let Some(cache) = server.registry.cache(owner) {
+                let mut guard = cache.roster.write().unwrap_or_else(|p| p.into_inner());
+                if guard.is_none() {
+                    *guard = Some(items.iter().map(|i| (i.jid.clone(), i.clone())).collect());
+                }
+            }
             let ver_s = ver.to_string();
             // §2.6.3: the client's copy is current; changes (none) would come as pushes.
             if req.payload.attr("ver") == Some(ver_s.as_str()) {
