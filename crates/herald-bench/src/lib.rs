@@ -1,6 +1,7 @@
 //! herald-bench: a load generator that speaks real XMPP (STARTTLS or direct TLS, SASL
 //! SCRAM-SHA-1 / SCRAM-SHA-256 / PLAIN, resource binding, roster, presence, XEP-0045
-//! rooms) to any server, so Herald, ejabberd and Prosody are measured the same way.
+//! rooms, XEP-0313 archive queries) to any server, so Herald, ejabberd and Prosody are
+//! measured the same way.
 //!
 //! The binary is a thin wrapper around [`run`], which integration tests call directly.
 //! Scenarios live in [`scenarios`]; see `bench/README.md` for what each measures.
@@ -27,7 +28,7 @@ pub use scram::Mech;
 #[command(
     name = "herald-bench",
     version,
-    about = "Load generator for XMPP servers: logins, 1:1 chat, presence fan-out, multi-user chat"
+    about = "Load generator for XMPP servers: logins, 1:1 chat, presence fan-out, multi-user chat, message archive queries"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -97,6 +98,11 @@ pub struct Common {
     /// Print the results as a Markdown table.
     #[arg(long, global = true)]
     pub markdown: bool,
+    /// Keep SCRAM salted passwords in this file between runs (read at start, written at
+    /// the end), as real clients keep their SCRAM keys: logins then cost the bench no
+    /// PBKDF2, which otherwise takes a large share of a machine shared with the server.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub scram_cache: Option<PathBuf>,
     /// No progress line on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
@@ -118,8 +124,9 @@ pub enum Command {
     /// Multi-user chat (XEP-0045): room joins, then groupchat fan-out; join time,
     /// delivery rate, latency, loss, duplicates.
     Muc(MucArgs),
-    /// Message archive queries (not implemented in herald-bench yet).
-    Mam,
+    /// Message archives (XEP-0313): a 1:1 fill phase, then archive queries with RSM
+    /// paging; queries/s, results/s, query latency, errors, short pages.
+    Mam(MamArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,6 +219,45 @@ pub struct MucArgs {
     #[arg(long, default_value_t = 0)]
     pub body_size: usize,
     /// Seconds to wait for outstanding deliveries after sending stops.
+    #[arg(long, default_value_t = 10.0)]
+    pub drain: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MamArgs {
+    /// Fill phase: messages each online user sends first, 1:1 to the next online user
+    /// (ring), so that every archive holds about 2 × FILL of them (sent and received).
+    /// 0: query the archives as they are (e.g. filled by an earlier run); then pages are
+    /// not checked for length.
+    #[arg(long, default_value_t = 20)]
+    pub fill: usize,
+    /// Fill messages per second, all users together (0: as fast as the client queues
+    /// allow; no message is skipped in the fill).
+    #[arg(long, default_value_t = 0.0)]
+    pub fill_rate: f64,
+    /// Seconds to wait after every fill message was delivered, before the first query.
+    #[arg(long, default_value_t = 1.0)]
+    pub settle: f64,
+    /// Results per page (RSM <max/>).
+    #[arg(long, default_value_t = 50)]
+    pub page: usize,
+    /// Archive queries per second, all users together (round-robin over online users).
+    #[arg(long, default_value_t = 20.0)]
+    pub rate: f64,
+    /// Seconds of querying.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Fraction of queries that ask for the last page of messages exchanged with one
+    /// contact (the data form field `with` = the next user of the ring).
+    #[arg(long, default_value_t = 0.2)]
+    pub with_share: f64,
+    /// Fraction of queries that page back (`<before>ID</before>` with the `<first/>` of the
+    /// user's previous page) when the user has an incomplete previous page; the other
+    /// queries ask for the last page (`<before/>`).
+    #[arg(long, default_value_t = 0.3)]
+    pub back_share: f64,
+    /// Seconds to wait for outstanding fill messages, and for outstanding query replies
+    /// after the last query was issued; replies still missing then count as timeouts.
     #[arg(long, default_value_t = 10.0)]
     pub drain: f64,
 }
@@ -322,24 +368,33 @@ impl Common {
 /// Runs one scenario and returns its report (also written to `--json` if given).
 pub async fn run(cli: Cli) -> Result<Report, RunError> {
     let c = &cli.common;
+    if let Some(path) = &c.scram_cache {
+        xmpp::load_salted(path).map_err(|e| {
+            RunError::Usage(format!("cannot read --scram-cache {}: {e}", path.display()))
+        })?;
+    }
     let mut report = match &cli.cmd {
         Command::Connect(a) => scenarios::connect(c, a).await?,
         Command::Chat(a) => scenarios::chat(c, a).await?,
         Command::Presence(a) => scenarios::presence(c, a).await?,
         Command::Provision(a) => scenarios::provision(c, a).await?,
         Command::Muc(a) => scenarios::muc(c, a).await?,
-        // TODO(bench): a MAM (XEP-0313) archive query scenario.
-        Command::Mam => {
-            return Err(RunError::Unsupported(
-                "mam: not implemented in herald-bench yet".into(),
-            ))
-        }
+        Command::Mam(a) => scenarios::mam(c, a).await?,
     };
     report.param("users", c.users as u64);
     report.param("mech", c.mech.name());
     report.param("tls", if c.direct_tls { "direct" } else { "starttls" });
     report.param("arrival_rate", c.arrival_rate);
     report.param("pipeline", !c.no_pipeline);
+    report.param("scram_cache", c.scram_cache.is_some());
+    if let Some(path) = &c.scram_cache {
+        xmpp::save_salted(path).map_err(|e| {
+            RunError::Usage(format!(
+                "cannot write --scram-cache {}: {e}",
+                path.display()
+            ))
+        })?;
+    }
     if let Some(path) = &c.json {
         let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
         std::fs::write(path, text + "\n")

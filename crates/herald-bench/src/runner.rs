@@ -175,6 +175,15 @@ pub enum Cmd {
         seq: u64,
         pad: usize,
     },
+    /// A XEP-0313 archive query (IQ id `mam<run>-<seq>`, queryid `q<run>-<seq>`) for the
+    /// last page of `max` results (`before` empty) or the page before archive id `before`,
+    /// optionally only messages exchanged with user `with`.
+    MamQuery {
+        seq: u64,
+        max: usize,
+        with: Option<usize>,
+        before: Option<Arc<str>>,
+    },
 }
 
 /// XEP-0045 namespaces.
@@ -182,6 +191,11 @@ pub const NS_MUC: &str = "http://jabber.org/protocol/muc";
 pub const NS_MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const NS_MUC_OWNER: &str = "http://jabber.org/protocol/muc#owner";
 pub const NS_DATA: &str = "jabber:x:data";
+/// XEP-0313 message archive management, XEP-0059 result set management, XEP-0297
+/// forwarding.
+pub const NS_MAM: &str = "urn:xmpp:mam:2";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
 
 /// A room occupant's nick: `u<index>`.
 pub fn muc_nick(me: usize) -> String {
@@ -374,6 +388,42 @@ fn encode(me: usize, cmd: &Cmd, cfg: &ConnectConfig, out: &mut Vec<u8>) {
                 .with_attr("type", "groupchat")
                 .with_attr("id", format!("g{run}-{seq}"))
                 .with_child(Element::new("body", xmpp::NS_CLIENT).with_text(body));
+            xmpp::write_stanza(&el, out);
+        }
+        Cmd::MamQuery {
+            seq,
+            max,
+            with,
+            before,
+        } => {
+            let mut query =
+                Element::new("query", NS_MAM).with_attr("queryid", format!("q{run}-{seq}"));
+            if let Some(w) = with {
+                let field = |var: &str, value: &str| {
+                    Element::new("field", NS_DATA)
+                        .with_attr("var", var)
+                        .with_child(Element::new("value", NS_DATA).with_text(value))
+                };
+                query.push(
+                    Element::new("x", NS_DATA)
+                        .with_attr("type", "submit")
+                        .with_child(field("FORM_TYPE", NS_MAM).with_attr("type", "hidden"))
+                        .with_child(field("with", jids.get(*w).map_or("", |j| j.as_str()))),
+                );
+            }
+            let mut before_el = Element::new("before", NS_RSM);
+            if let Some(b) = before {
+                before_el = before_el.with_text(&**b);
+            }
+            query.push(
+                Element::new("set", NS_RSM)
+                    .with_child(Element::new("max", NS_RSM).with_text(max.to_string()))
+                    .with_child(before_el),
+            );
+            let el = Element::new("iq", xmpp::NS_CLIENT)
+                .with_attr("type", "set")
+                .with_attr("id", format!("mam{run}-{seq}"))
+                .with_child(query);
             xmpp::write_stanza(&el, out);
         }
     }

@@ -1,4 +1,4 @@
-//! The scenarios: `connect`, `chat`, `presence`, `provision` and `muc`.
+//! The scenarios: `connect`, `chat`, `presence`, `provision`, `muc` and `mam`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -15,7 +15,8 @@ use crate::runner::{self, Clients, Cmd, Handler, Population, Progress};
 use crate::stats::{now_ns, AtomicBits, Counters, Histogram};
 use crate::xmpp::{self, LoginSteps, Session};
 use crate::{
-    ChatArgs, Common, ConnectArgs, Contacts, MucArgs, PresenceArgs, ProvisionArgs, RunError,
+    ChatArgs, Common, ConnectArgs, Contacts, MamArgs, MucArgs, PresenceArgs, ProvisionArgs,
+    RunError,
 };
 
 fn server_name(c: &Common) -> String {
@@ -1157,6 +1158,590 @@ pub async fn muc(c: &Common, a: &MucArgs) -> Result<Report, RunError> {
     }
     if written == 0 {
         r.fail("no message was sent");
+    }
+    for s in state
+        .samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        r.fail(format!("e.g. {s}"));
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------
+// mam
+
+/// What a query asks for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum QueryKind {
+    /// The last page of the whole archive (`<before/>`).
+    Last,
+    /// The last page of messages exchanged with one contact (form field `with`).
+    With,
+    /// The page before the `<first/>` of the user's previous page.
+    Back,
+}
+
+/// One issued query, from the generator to its reply.
+struct QueryInfo {
+    user: usize,
+    kind: QueryKind,
+    /// Results the page must hold at least (known from the fill), if known.
+    expected: Option<u64>,
+    /// Results of the earlier pages of this paging chain (for the next `Back` query).
+    consumed: u64,
+    sent_ns: u64,
+    results: u64,
+    first_id: Option<String>,
+    last_id: Option<String>,
+    done: bool,
+}
+
+/// A user's place in its backwards paging: the `<first/>` of its last page and the
+/// results seen in the chain so far.
+type Cursor = Option<(Arc<str>, u64)>;
+
+struct MamState {
+    run: u32,
+    progress: Arc<Progress>,
+    // Fill phase (ordinary chat messages, counted like `chat`).
+    fill_sent: AtomicBits,
+    fill_recv: AtomicBits,
+    fill_dup: AtomicU64,
+    fill_misrouted: AtomicU64,
+    fill_last_recv_ns: AtomicU64,
+    /// Message bounces (fill messages, or anything else with type error).
+    errors: AtomicU64,
+    stale: AtomicU64,
+    // Query phase.
+    queries: Mutex<HashMap<u64, QueryInfo>>,
+    cursors: Vec<Mutex<Cursor>>,
+    latency: Histogram,
+    queries_ok: AtomicU64,
+    query_errors: AtomicU64,
+    results: AtomicU64,
+    /// Sum over answered queries of the results each had to hold at least.
+    results_expected: AtomicU64,
+    /// Results without a forwarded message with a body.
+    results_bad: AtomicU64,
+    /// Results for a query already answered, unknown, or of another user.
+    results_late: AtomicU64,
+    /// Pages whose `<first/>` / `<last/>` ids are not those of the first / last result
+    /// received before the reply.
+    page_mismatch: AtomicU64,
+    short_pages: AtomicU64,
+    by_kind: [AtomicU64; 3],
+    unsent: AtomicU64,
+    first_send_ns: AtomicU64,
+    last_fin_ns: AtomicU64,
+    samples: Mutex<Vec<String>>,
+}
+
+fn kind_index(k: QueryKind) -> usize {
+    match k {
+        QueryKind::Last => 0,
+        QueryKind::With => 1,
+        QueryKind::Back => 2,
+    }
+}
+
+/// `PREFIX<run>-<seq>` → (run, seq).
+fn parse_tagged(s: &str, prefix: &str) -> Option<(u32, u64)> {
+    let (run, seq) = s.strip_prefix(prefix)?.split_once('-')?;
+    Some((run.parse().ok()?, seq.parse().ok()?))
+}
+
+impl MamState {
+    fn sample(&self, s: String) {
+        let mut v = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 5 {
+            v.push(s);
+        }
+    }
+
+    fn queries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, QueryInfo>> {
+        self.queries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A `<message><result xmlns='urn:xmpp:mam:2' queryid=… id=…><forwarded>…`.
+    fn on_result(&self, me: usize, result: &Element) {
+        let Some((run, seq)) = result.attr("queryid").and_then(|q| parse_tagged(q, "q")) else {
+            self.results_late.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if run != self.run {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let valid = result
+            .child("forwarded", runner::NS_FORWARD)
+            .and_then(|f| f.child("message", xmpp::NS_CLIENT))
+            .and_then(|m| m.child("body", xmpp::NS_CLIENT))
+            .is_some_and(|b| !b.text().is_empty());
+        let mut qs = self.queries();
+        match qs.get_mut(&seq) {
+            Some(q) if !q.done && q.user == me => {
+                q.results += 1;
+                if let Some(id) = result.attr("id") {
+                    if q.first_id.is_none() {
+                        q.first_id = Some(id.to_string());
+                    }
+                    q.last_id = Some(id.to_string());
+                }
+            }
+            _ => {
+                drop(qs);
+                self.results_late.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        drop(qs);
+        self.results.fetch_add(1, Ordering::Relaxed);
+        if !valid {
+            self.results_bad.fetch_add(1, Ordering::Relaxed);
+            self.sample(format!(
+                "result of query {seq} without a forwarded message with a body: {}",
+                result.to_xml().chars().take(300).collect::<String>()
+            ));
+        }
+    }
+
+    /// The IQ reply to query `seq`.
+    fn on_reply(&self, me: usize, seq: u64, el: &Element) {
+        let now = now_ns();
+        let mut qs = self.queries();
+        let Some(q) = qs.get_mut(&seq).filter(|q| !q.done && q.user == me) else {
+            return;
+        };
+        q.done = true;
+        let (first_id, last_id) = (q.first_id.take(), q.last_id.take());
+        let (user, kind, expected, consumed, results, sent) =
+            (q.user, q.kind, q.expected, q.consumed, q.results, q.sent_ns);
+        drop(qs);
+        self.progress.received.fetch_add(1, Ordering::Relaxed);
+        let fin = el.child("fin", runner::NS_MAM);
+        let fin = match (el.attr("type"), fin) {
+            (Some("result"), Some(fin)) => fin,
+            _ => {
+                self.query_errors.fetch_add(1, Ordering::Relaxed);
+                self.sample(format!(
+                    "query {seq} by user {user}: {}",
+                    if el.attr("type") == Some("result") {
+                        "result without <fin/>".to_string()
+                    } else {
+                        xmpp::stanza_error(el)
+                    }
+                ));
+                return;
+            }
+        };
+        self.latency.record(now.saturating_sub(sent) / 1000);
+        self.last_fin_ns.fetch_max(now, Ordering::Relaxed);
+        self.queries_ok.fetch_add(1, Ordering::Relaxed);
+        self.by_kind[kind_index(kind)].fetch_add(1, Ordering::Relaxed);
+        let set = fin.child("set", runner::NS_RSM);
+        let rsm = |name: &str| {
+            set.and_then(|s| s.child(name, runner::NS_RSM))
+                .map(|e| e.text().trim().to_string())
+                .filter(|t| !t.is_empty())
+        };
+        let (first, last) = (rsm("first"), rsm("last"));
+        if results > 0 && (first != first_id || last != last_id) {
+            self.page_mismatch.fetch_add(1, Ordering::Relaxed);
+            self.sample(format!(
+                "query {seq}: page says first {first:?} last {last:?}, results received \
+                 before the reply were {first_id:?} .. {last_id:?} ({results})"
+            ));
+        }
+        if let Some(e) = expected {
+            self.results_expected.fetch_add(e, Ordering::Relaxed);
+            if results < e {
+                self.short_pages.fetch_add(1, Ordering::Relaxed);
+                self.sample(format!(
+                    "query {seq} by user {user}: {results} results, expected at least {e}"
+                ));
+            }
+        }
+        if kind != QueryKind::With {
+            let complete = fin.attr("complete") == Some("true");
+            let mut c = self.cursors[user].lock().unwrap_or_else(|p| p.into_inner());
+            *c = match first {
+                Some(f) if results > 0 && !complete => Some((Arc::from(f), consumed + results)),
+                _ => None,
+            };
+        }
+    }
+
+    /// A fill message delivered to `me`.
+    fn on_chat(&self, me: usize, el: &Element) {
+        let Some(body) = el.child("body", xmpp::NS_CLIENT) else {
+            return;
+        };
+        let text = body.text();
+        let Some((run, seq, _ts, mut rest)) = parse_marker(&text) else {
+            return;
+        };
+        if run != self.run {
+            self.stale.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let _from = rest.next();
+        if rest.next().and_then(|t| t.parse::<usize>().ok()) != Some(me) {
+            self.fill_misrouted.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match self.fill_recv.set(seq) {
+            Some(false) => {
+                self.fill_last_recv_ns
+                    .fetch_max(now_ns(), Ordering::Relaxed);
+                self.progress.received.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(true) => {
+                self.fill_dup.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                self.fill_misrouted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Handler for MamState {
+    fn on_stanza(&self, me: usize, el: &Element) {
+        match el.name.as_str() {
+            "message" => {
+                if el.attr("type") == Some("error") {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    self.sample(format!("message bounced: {}", xmpp::stanza_error(el)));
+                } else if let Some(result) = el.child("result", runner::NS_MAM) {
+                    self.on_result(me, result);
+                } else {
+                    self.on_chat(me, el);
+                }
+            }
+            "iq" => {
+                if let Some((run, seq)) = el.attr("id").and_then(|i| parse_tagged(i, "mam")) {
+                    if run == self.run {
+                        self.on_reply(me, seq, el);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_send(&self, _me: usize, cmd: &Cmd) {
+        match cmd {
+            Cmd::Chat { seq, .. } => {
+                self.fill_sent.set(*seq);
+            }
+            Cmd::MamQuery { seq, .. } => {
+                let now = now_ns();
+                if let Some(q) = self.queries().get_mut(seq) {
+                    q.sent_ns = now;
+                }
+                let _ = self.first_send_ns.compare_exchange(
+                    0,
+                    now,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    fn on_unsent(&self, _me: usize, cmd: &Cmd) {
+        if let Cmd::MamQuery { seq, .. } = cmd {
+            self.queries().remove(seq);
+            self.unsent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+pub async fn mam(c: &Common, a: &MamArgs) -> Result<Report, RunError> {
+    if !(a.rate > 0.0 && a.duration > 0.0) {
+        return Err(RunError::Usage(
+            "--rate and --duration must be positive".into(),
+        ));
+    }
+    if a.page == 0 {
+        return Err(RunError::Usage("--page must be at least 1".into()));
+    }
+    let shares = [a.with_share, a.back_share];
+    if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || a.with_share + a.back_share > 1.0 {
+        return Err(RunError::Usage(
+            "--with-share and --back-share are fractions (0..1) with a sum of at most 1".into(),
+        ));
+    }
+    let total = (a.rate * a.duration).round().max(1.0) as u64;
+    let mut pop = c.population()?;
+    let run = run_token();
+    pop.cfg = Arc::new(with_run(&pop, run));
+    let n_users = pop.len();
+    let fill_total = (a.fill as u64) * n_users as u64;
+    let progress = Arc::new(Progress::default());
+    let _ticker = runner::ticker(progress.clone(), c.quiet);
+    let state = Arc::new(MamState {
+        run,
+        progress: progress.clone(),
+        fill_sent: AtomicBits::new(fill_total),
+        fill_recv: AtomicBits::new(fill_total),
+        fill_dup: AtomicU64::new(0),
+        fill_misrouted: AtomicU64::new(0),
+        fill_last_recv_ns: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        stale: AtomicU64::new(0),
+        queries: Mutex::new(HashMap::new()),
+        cursors: (0..n_users).map(|_| Mutex::new(None)).collect(),
+        latency: Histogram::new(),
+        queries_ok: AtomicU64::new(0),
+        query_errors: AtomicU64::new(0),
+        results: AtomicU64::new(0),
+        results_expected: AtomicU64::new(0),
+        results_bad: AtomicU64::new(0),
+        results_late: AtomicU64::new(0),
+        page_mismatch: AtomicU64::new(0),
+        short_pages: AtomicU64::new(0),
+        by_kind: Default::default(),
+        unsent: AtomicU64::new(0),
+        first_send_ns: AtomicU64::new(0),
+        last_fin_ns: AtomicU64::new(0),
+        samples: Mutex::new(Vec::new()),
+    });
+    let rss_before = c.server_pid.and_then(runner::rss_kib);
+    let clients = runner::start(&pop, steps(false), state.clone(), progress.clone());
+    runner::wait_logins(&progress, n_users).await;
+    let online = clients.online_list();
+    let mut r = Report::new("mam", server_name(c));
+    r.param("fill", a.fill as u64);
+    r.param("fill_rate", a.fill_rate);
+    r.param("page", a.page as u64);
+    r.param("rate", a.rate);
+    r.param("duration_s", a.duration);
+    r.param("with_share", a.with_share);
+    r.param("back_share", a.back_share);
+    let n = online.len();
+    if n < 2 {
+        login_metrics(&mut r, &progress, n_users);
+        r.fail("fewer than 2 users are online");
+        clients.shutdown(Duration::from_secs(5)).await;
+        return Ok(r);
+    }
+    // Ring over the online users: the contact of online[p] is online[p + 1].
+    let next = |p: usize| online[(p + 1) % n];
+
+    // Fill: round k sends one message from every online user to its contact. Sends wait
+    // for queue space, so none is skipped.
+    let fill_t0 = Instant::now();
+    let fill_start_ns = now_ns();
+    let fill_planned = (a.fill * n) as u64;
+    let start = tokio::time::Instant::now();
+    for seq in 0..fill_planned {
+        if a.fill_rate > 0.0 {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(seq as f64 / a.fill_rate))
+                .await;
+        }
+        let p = (seq % n as u64) as usize;
+        let cmd = Cmd::Chat {
+            to: next(p),
+            seq,
+            pad: 0,
+        };
+        let _ = clients.senders[online[p]].send(cmd).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain.max(0.0));
+    wait_until(deadline, || {
+        let written = state.fill_sent.count();
+        let unsent = state.unsent.load(Ordering::Relaxed);
+        written + unsent >= fill_planned && state.fill_recv.count() >= written
+    })
+    .await;
+    // Fill time: from the first send to the last delivery.
+    let fill_done = state.fill_last_recv_ns.load(Ordering::Relaxed);
+    let fill_elapsed = if fill_done > fill_start_ns {
+        Duration::from_nanos(fill_done - fill_start_ns)
+    } else {
+        fill_t0.elapsed()
+    };
+    let fill_sent = state.fill_sent.count();
+    let fill_delivered = state.fill_recv.count();
+    let fill_lost = state.fill_sent.count_and_not(&state.fill_recv);
+    if fill_planned > 0 {
+        tokio::time::sleep(Duration::from_secs_f64(a.settle.max(0.0))).await;
+    }
+
+    // Queries, round-robin over the online users.
+    let page = a.page as u64;
+    let fill = a.fill as u64;
+    let known = fill > 0 && fill_lost == 0;
+    let mut rng = rand::thread_rng();
+    let g = generate(&clients, a.rate, total, |seq| {
+        let p = (seq % n as u64) as usize;
+        let user = online[p];
+        let x: f64 = rng.gen();
+        let cursor = if x >= a.with_share && x < a.with_share + a.back_share {
+            state.cursors[user]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        } else {
+            None
+        };
+        // The archive holds (at least) `fill` messages sent to the next user and `fill`
+        // received from the previous one; with 2 users both are the same contact.
+        let (kind, with, before, consumed, expected) = if x < a.with_share {
+            let e = if n == 2 { 2 * fill } else { fill };
+            (QueryKind::With, Some(next(p)), None, 0, page.min(e))
+        } else if let Some((first, consumed)) = cursor {
+            let e = (2 * fill).saturating_sub(consumed);
+            (QueryKind::Back, None, Some(first), consumed, page.min(e))
+        } else {
+            (QueryKind::Last, None, None, 0, page.min(2 * fill))
+        };
+        state.queries().insert(
+            seq,
+            QueryInfo {
+                user,
+                kind,
+                expected: known.then_some(expected),
+                consumed,
+                sent_ns: 0,
+                results: 0,
+                first_id: None,
+                last_id: None,
+                done: false,
+            },
+        );
+        let cmd = Cmd::MamQuery {
+            seq,
+            max: a.page,
+            with,
+            before,
+        };
+        (user, cmd)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs_f64(a.drain.max(0.0));
+    wait_until(deadline, || {
+        let unsent = state.unsent.load(Ordering::Relaxed);
+        let answered =
+            state.queries_ok.load(Ordering::Relaxed) + state.query_errors.load(Ordering::Relaxed);
+        answered + unsent >= g.enqueued
+    })
+    .await;
+    let rss_after = c.server_pid.and_then(runner::rss_kib);
+    clients.shutdown(Duration::from_secs(30)).await;
+
+    let queries_ok = state.queries_ok.load(Ordering::Relaxed);
+    let query_errors = state.query_errors.load(Ordering::Relaxed);
+    let unsent = state.unsent.load(Ordering::Relaxed);
+    let timeouts = g
+        .enqueued
+        .saturating_sub(queries_ok + query_errors + unsent);
+    let results = state.results.load(Ordering::Relaxed);
+    let first = state.first_send_ns.load(Ordering::Relaxed);
+    let last = state.last_fin_ns.load(Ordering::Relaxed);
+    let span = (last.saturating_sub(first) as f64 / 1e9)
+        .max(g.elapsed.as_secs_f64())
+        .max(1e-9);
+    let ms = |v: u64| v as f64 / 1000.0;
+    let count = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+    r.metric("users", n_users as u64, "");
+    r.metric("online", n as u64, "");
+    r.metric("fill_messages_sent", fill_sent, "");
+    r.metric("fill_delivered", fill_delivered, "");
+    r.metric("fill_lost", fill_lost, "");
+    r.metric("fill_duplicated", count(&state.fill_dup), "");
+    r.metric("fill_misrouted", count(&state.fill_misrouted), "");
+    r.metric_f("fill_duration", fill_elapsed.as_secs_f64(), "s");
+    r.metric_f(
+        "fill_rate_achieved",
+        if fill_sent > 0 {
+            fill_delivered as f64 / fill_elapsed.as_secs_f64().max(1e-9)
+        } else {
+            0.0
+        },
+        "msg/s",
+    );
+    r.metric_f("offered_rate", a.rate, "queries/s");
+    r.metric("queries_planned", total, "");
+    r.metric("queries_sent", g.enqueued - unsent, "");
+    r.metric("skipped_backlog", g.skipped_backlog, "");
+    r.metric("skipped_offline", g.skipped_offline, "");
+    r.metric("queries_ok", queries_ok, "");
+    r.metric("queries_last_page", count(&state.by_kind[0]), "");
+    r.metric("queries_with", count(&state.by_kind[1]), "");
+    r.metric("queries_page_back", count(&state.by_kind[2]), "");
+    r.metric("query_errors", query_errors, "");
+    r.metric("query_timeouts", timeouts, "");
+    r.metric_f("queries_per_s", queries_ok as f64 / span, "queries/s");
+    r.metric("results", results, "");
+    r.metric("results_expected_min", count(&state.results_expected), "");
+    r.metric_f("results_per_s", results as f64 / span, "results/s");
+    r.metric_f(
+        "results_per_query",
+        if queries_ok > 0 {
+            results as f64 / queries_ok as f64
+        } else {
+            0.0
+        },
+        "",
+    );
+    r.metric("short_pages", count(&state.short_pages), "");
+    r.metric("results_bad", count(&state.results_bad), "");
+    r.metric("results_late", count(&state.results_late), "");
+    r.metric("page_mismatch", count(&state.page_mismatch), "");
+    r.metric("error_replies", count(&state.errors), "");
+    r.metric("unsent_on_disconnect", unsent, "");
+    r.metric("stale_from_earlier_runs", count(&state.stale), "");
+    r.metric_f("latency_p50", ms(state.latency.quantile(0.5)), "ms");
+    r.metric_f("latency_p99", ms(state.latency.quantile(0.99)), "ms");
+    r.metric_f("latency_p999", ms(state.latency.quantile(0.999)), "ms");
+    r.metric_f("latency_max", ms(state.latency.max()), "ms");
+    r.metric_f("latency_mean", state.latency.mean() / 1000.0, "ms");
+    login_metrics(&mut r, &progress, n_users);
+    rss_metrics(&mut r, rss_before, rss_after, n as u64);
+    if fill_lost > 0 {
+        r.fail(format!("{fill_lost} of {fill_sent} fill messages lost"));
+    }
+    let fill_dup = count(&state.fill_dup) + count(&state.fill_misrouted);
+    if fill_dup > 0 {
+        r.fail(format!("{fill_dup} fill messages duplicated or misrouted"));
+    }
+    if query_errors > 0 {
+        r.fail(format!("{query_errors} queries failed"));
+    }
+    if timeouts > 0 {
+        r.fail(format!("{timeouts} queries got no reply within --drain"));
+    }
+    let short = count(&state.short_pages);
+    if short > 0 {
+        r.fail(format!(
+            "{short} pages had fewer results than the fill put there"
+        ));
+    }
+    let bad = count(&state.results_bad) + count(&state.results_late);
+    if bad > 0 {
+        r.fail(format!(
+            "{bad} results were malformed or came after their query's reply"
+        ));
+    }
+    let mismatch = count(&state.page_mismatch);
+    if mismatch > 0 {
+        r.fail(format!(
+            "{mismatch} pages did not match the results received before the reply"
+        ));
+    }
+    let errors = count(&state.errors);
+    if errors > 0 {
+        r.fail(format!("{errors} messages bounced with an error"));
+    }
+    if queries_ok == 0 {
+        r.fail("no query was answered");
     }
     for s in state
         .samples

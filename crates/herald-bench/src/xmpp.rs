@@ -537,27 +537,122 @@ pub async fn login(
     })
 }
 
-type SaltKey = (Mech, String, Vec<u8>, u32);
+/// (mechanism, SHA-256 of the password, salt, iterations).
+type SaltKey = (Mech, [u8; 32], Vec<u8>, u32);
 
 /// Salted passwords already derived, so logging the same account in again (provisioning
-/// passes, repeated scenarios in one process) costs no PBKDF2. Bounded.
+/// passes, repeated scenarios in one process, or earlier runs through `--scram-cache`)
+/// costs no PBKDF2, as with real clients that keep their SCRAM keys (RFC 5802 §5.1).
+/// Bounded.
 static SALTED: std::sync::OnceLock<std::sync::Mutex<HashMap<SaltKey, Arc<Vec<u8>>>>> =
     std::sync::OnceLock::new();
 const SALTED_MAX: usize = 1 << 20;
 
+fn salted_map() -> std::sync::MutexGuard<'static, HashMap<SaltKey, Arc<Vec<u8>>>> {
+    SALTED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn password_digest(password: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(password.as_bytes()).into()
+}
+
+fn mech_tag(m: Mech) -> &'static str {
+    match m {
+        Mech::ScramSha1 => "sha1",
+        Mech::ScramSha256 => "sha256",
+        Mech::Plain => "plain",
+    }
+}
+
+fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Loads salted passwords saved by [`save_salted`] (a missing file is an empty cache).
+/// Returns how many entries were read.
+pub fn load_salted(path: &std::path::Path) -> std::io::Result<usize> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut map = salted_map();
+    let mut n = 0;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let [mech, pw, salt, iter, salted] = f[..] else {
+            continue;
+        };
+        let mech = match mech {
+            "sha1" => Mech::ScramSha1,
+            "sha256" => Mech::ScramSha256,
+            _ => continue,
+        };
+        let (Some(pw), Some(salt), Ok(iter), Some(salted)) = (
+            from_hex(pw).and_then(|v| <[u8; 32]>::try_from(v).ok()),
+            from_hex(salt),
+            iter.parse::<u32>(),
+            from_hex(salted),
+        ) else {
+            continue;
+        };
+        if map.len() < SALTED_MAX {
+            map.insert((mech, pw, salt, iter), Arc::new(salted));
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Writes every salted password derived so far (a password-equivalent for these test
+/// accounts: keep the file with the accounts' passwords).
+pub fn save_salted(path: &std::path::Path) -> std::io::Result<usize> {
+    let map = salted_map();
+    let mut out = String::with_capacity(map.len() * 200);
+    for ((mech, pw, salt, iter), salted) in map.iter() {
+        out.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\n",
+            mech_tag(*mech),
+            to_hex(pw),
+            to_hex(salt),
+            iter,
+            to_hex(salted)
+        ));
+    }
+    let n = map.len();
+    drop(map);
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(n)
+}
+
 /// PBKDF2 runs on the blocking pool so it never stalls the tasks measuring latency.
 async fn salted_cached(mech: Mech, password: &str, salt: &[u8], iterations: u32) -> Arc<Vec<u8>> {
-    let cache = SALTED.get_or_init(Default::default);
-    let key = (mech, password.to_string(), salt.to_vec(), iterations);
-    if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+    let key = (mech, password_digest(password), salt.to_vec(), iterations);
+    if let Some(v) = salted_map().get(&key) {
         return v.clone();
     }
-    let (pw, s) = (key.1.clone(), key.2.clone());
+    let (pw, s) = (password.to_string(), key.2.clone());
     let v = tokio::task::spawn_blocking(move || salted_password(mech, &pw, &s, iterations))
         .await
         .map(Arc::new)
-        .unwrap_or_else(|_| Arc::new(salted_password(mech, &key.1, &key.2, iterations)));
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+        .unwrap_or_else(|_| Arc::new(salted_password(mech, password, salt, iterations)));
+    let mut c = salted_map();
     if c.len() < SALTED_MAX {
         c.insert(key, v.clone());
     }
@@ -611,4 +706,55 @@ pub fn iq_reply(el: &Element) -> Option<Element> {
 /// The bare part of a JID.
 pub fn bare(jid: &str) -> &str {
     jid.split('/').next().unwrap_or(jid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scram_cache_survives_a_save_and_load() {
+        let dir = std::env::temp_dir().join(format!("hb-scram-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("keys");
+        assert_eq!(
+            load_salted(&path).unwrap(),
+            0,
+            "a missing file is an empty cache"
+        );
+        let a = salted_cached(Mech::ScramSha1, "pass1", b"salt-a", 64).await;
+        let b = salted_cached(Mech::ScramSha256, "pass2", b"salt-b", 64).await;
+        assert_eq!(*a, salted_password(Mech::ScramSha1, "pass1", b"salt-a", 64));
+        assert_eq!(save_salted(&path).unwrap(), 2);
+        salted_map().clear();
+        std::fs::write(
+            dir.join("keys.extra"),
+            std::fs::read_to_string(&path).unwrap() + "garbage line\nsha1\tzz\n",
+        )
+        .unwrap();
+        assert_eq!(
+            load_salted(&dir.join("keys.extra")).unwrap(),
+            2,
+            "bad lines skipped"
+        );
+        let key = (
+            Mech::ScramSha256,
+            password_digest("pass2"),
+            b"salt-b".to_vec(),
+            64,
+        );
+        assert_eq!(
+            salted_map().get(&key).map(|v| (**v).clone()),
+            Some((*b).clone())
+        );
+        // A different password with the same salt is not a hit.
+        let other = (
+            Mech::ScramSha256,
+            password_digest("other"),
+            b"salt-b".to_vec(),
+            64,
+        );
+        assert!(salted_map().get(&other).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,7 +1,7 @@
 //! herald-bench against a real Herald server started in-process on 127.0.0.1:0: every
 //! scenario's exact accounting must come out clean (no lost, duplicated or misrouted
-//! messages, no failed logins, no failed room joins), over STARTTLS and direct TLS with each
-//! SASL mechanism.
+//! messages, no failed logins, no failed room joins, no failed or short archive queries),
+//! over STARTTLS and direct TLS with each SASL mechanism.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,11 +25,16 @@ struct Server {
 }
 
 async fn start_server() -> Server {
+    start_server_with("").await
+}
+
+/// A server whose configuration ends with `extra` (more TOML sections).
+async fn start_server_with(extra: &str) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let text = format!(
         "[server]\ndomains = [\"{DOMAIN}\"]\ndata_dir = {:?}\n\
          [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\n\
-         http = []\nhttps = []\ncomponent = []\nproxy65 = []\n",
+         http = []\nhttps = []\ncomponent = []\nproxy65 = []\n{extra}",
         dir.path().join("data").display().to_string()
     );
     let settings = Config::parse(&text, "bench-test")
@@ -216,7 +221,73 @@ async fn muc_fans_out_every_message_to_every_occupant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_password_and_unsupported_scenarios_fail() {
+async fn mam_queries_return_full_pages() {
+    let s = start_server_with("[mam]\ndefault = \"always\"\n").await;
+    s.add_users(20).await;
+    let json = s._dir.path().join("mam.json");
+    // 20 users × 10 fill messages: every archive holds 20 (10 sent, 10 received). Pages of
+    // 8: a last page has 8, a `with` page 8 (of 10 with that contact), paging back 8 then 4.
+    let r = s
+        .bench(&format!(
+            "--users 20 --arrival-rate 0 --json {} mam --fill 10 --page 8 --rate 50 \
+             --duration 1 --with-share 0.2 --back-share 0.5 --drain 10 --settle 0.2",
+            json.display()
+        ))
+        .await
+        .expect("mam runs");
+    assert_clean(&r);
+    assert_eq!(r.get_u64("logins_ok"), Some(20));
+    assert_eq!(r.get_u64("fill_delivered"), Some(200), "{}", r.to_text());
+    assert_eq!(r.get_u64("queries_ok"), Some(50), "{}", r.to_text());
+    for m in [
+        "query_errors",
+        "query_timeouts",
+        "short_pages",
+        "results_bad",
+        "results_late",
+        "page_mismatch",
+    ] {
+        assert_eq!(r.get_u64(m), Some(0), "{m} in {}", r.to_text());
+    }
+    // Fresh archives: every page holds exactly what the fill put there.
+    let results = r.get_u64("results").expect("results");
+    assert_eq!(
+        r.get_u64("results_expected_min"),
+        Some(results),
+        "{}",
+        r.to_text()
+    );
+    assert!(results >= 50 * 4, "{}", r.to_text());
+    for m in ["queries_last_page", "queries_with", "queries_page_back"] {
+        assert!(r.get_u64(m).unwrap_or(0) > 0, "{m} in {}", r.to_text());
+    }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid json");
+    assert_eq!(written["ok"], true);
+    assert_eq!(written["results"]["short_pages"], 0);
+
+    // A second run on the filled archives, without a fill, over direct TLS.
+    let r = s
+        .bench(
+            "--users 20 --port DIRECT --direct-tls mam --fill 0 --page 50 --rate 40 \
+             --duration 0.5",
+        )
+        .await
+        .expect("mam runs");
+    assert_clean(&r);
+    assert_eq!(r.get_u64("fill_messages_sent"), Some(0));
+    assert_eq!(r.get_u64("queries_ok"), Some(20), "{}", r.to_text());
+    // Last pages hold the whole archive (20 < 50), `with` pages 10.
+    assert!(
+        r.get_u64("results").unwrap_or(0) >= 20 * 10,
+        "{}",
+        r.to_text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_and_bad_arguments_fail() {
     let s = start_server().await;
     s.add_users(2).await;
     let r = s
@@ -230,7 +301,14 @@ async fn wrong_password_and_unsupported_scenarios_fail() {
         Err(RunError::Usage(_))
     ));
     assert!(matches!(
-        s.bench("mam").await,
-        Err(RunError::Unsupported(_))
+        s.bench("--users 2 mam --with-share 0.8 --back-share 0.5")
+            .await,
+        Err(RunError::Usage(_))
     ));
+    // One user alone has no contact to fill its archive with.
+    let r = s
+        .bench("--users 1 mam --fill 1 --rate 10 --duration 0.2")
+        .await
+        .expect("mam runs");
+    assert!(!r.ok());
 }
