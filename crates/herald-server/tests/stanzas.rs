@@ -351,3 +351,45 @@ async fn presence_between_own_resources() {
         .await;
     assert_eq!(p.attr("type"), Some("unavailable"), "{}", p.to_xml());
 }
+
+/// A burst much larger than the session's write batch (64 stanzas) reaches the recipient
+/// whole and in order, also when it piles up in the recipient's outbox because the
+/// recipient reads slowly: the batching loop once took a stanza out of the outbox without
+/// writing it, losing one stanza of every full batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_messages_arrives_whole_and_in_order() {
+    let server = TestServer::with_config(
+        "[c2s]\nmax_bytes_per_sec = 1073741824\nburst_bytes = 1073741824\n",
+    )
+    .await;
+    server.add_user("alice").await;
+    server.add_user("bob").await;
+    let mut a = server.login("alice", "a").await;
+    let mut b = server.login("bob", "b").await;
+    b.send("<presence/>").await;
+    b.ping_server().await;
+    // 200 messages of 40 kB: far more than bob's socket buffers hold while bob does not
+    // read, so they wait in bob's outbox and leave it in full batches.
+    let pad = "x".repeat(40_000);
+    let burst: String = (0..200)
+        .map(|i| {
+            format!(
+                "<message type='chat' id='burst{i}' to='bob@example.test/b'><body>{i} {pad}</body></message>"
+            )
+        })
+        .collect();
+    a.send(&burst).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..200 {
+        let m = b.expect_match("message", is_chat).await;
+        let text = body(&m).unwrap_or_default();
+        assert_eq!(
+            text.split(' ').next(),
+            Some(i.to_string().as_str()),
+            "message {i} of the burst (id {:?})",
+            m.attr("id")
+        );
+    }
+    b.expect_no_match("message", Duration::from_millis(300), is_chat)
+        .await;
+}
