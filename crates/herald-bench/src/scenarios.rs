@@ -684,6 +684,25 @@ const CFG_FAILED: u8 = 2;
 
 const NS_DELAY: &str = "urn:xmpp:delay";
 
+/// The first few failures of a run, reported as examples.
+#[derive(Default)]
+struct Samples(Mutex<Vec<String>>);
+
+impl Samples {
+    fn push(&self, s: String) {
+        let mut v = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if v.len() < 5 {
+            v.push(s);
+        }
+    }
+
+    fn report(&self, r: &mut Report) {
+        for s in self.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            r.fail(format!("e.g. {s}"));
+        }
+    }
+}
+
 struct MucState {
     run: u32,
     /// Room bare JID → room index.
@@ -706,17 +725,10 @@ struct MucState {
     errors: AtomicU64,
     unsent: AtomicU64,
     last_recv_ns: AtomicU64,
-    samples: Mutex<Vec<String>>,
+    samples: Samples,
 }
 
 impl MucState {
-    fn sample(&self, s: String) {
-        let mut v = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if v.len() < 5 {
-            v.push(s);
-        }
-    }
-
     fn joined(&self, i: usize) -> bool {
         self.join[i].load(Ordering::Acquire) == JOIN_OK
     }
@@ -745,7 +757,8 @@ impl MucState {
         };
         if ty == Some("error") {
             if settle(JOIN_FAILED) {
-                self.sample(format!("join of user {me}: {}", xmpp::stanza_error(el)));
+                self.samples
+                    .push(format!("join of user {me}: {}", xmpp::stanza_error(el)));
             }
         } else if ty.is_none() && codes.contains(&"110") && settle(JOIN_OK) {
             let sent = self.join_sent_ns[me].load(Ordering::Acquire);
@@ -759,7 +772,8 @@ impl MucState {
     fn on_message(&self, me: usize, room: Option<usize>, el: &Element) {
         if el.attr("type") == Some("error") {
             self.errors.fetch_add(1, Ordering::Relaxed);
-            self.sample(format!("message bounced: {}", xmpp::stanza_error(el)));
+            self.samples
+                .push(format!("message bounced: {}", xmpp::stanza_error(el)));
             return;
         }
         if el.attr("type") != Some("groupchat") {
@@ -816,7 +830,7 @@ impl Handler for MucState {
                     self.configured[me].store(CFG_OK, Ordering::Release);
                 } else {
                     self.configured[me].store(CFG_FAILED, Ordering::Release);
-                    self.sample(format!(
+                    self.samples.push(format!(
                         "room configuration by user {me}: {}",
                         xmpp::stanza_error(el)
                     ));
@@ -937,7 +951,7 @@ pub async fn muc(c: &Common, a: &MucArgs) -> Result<Report, RunError> {
         errors: AtomicU64::new(0),
         unsent: AtomicU64::new(0),
         last_recv_ns: AtomicU64::new(0),
-        samples: Mutex::new(Vec::new()),
+        samples: Samples::default(),
     });
     let rss_before = c.server_pid.and_then(runner::rss_kib);
     let clients = runner::start(&pop, steps(false), state.clone(), progress.clone());
@@ -1159,14 +1173,7 @@ pub async fn muc(c: &Common, a: &MucArgs) -> Result<Report, RunError> {
     if written == 0 {
         r.fail("no message was sent");
     }
-    for s in state
-        .samples
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        r.fail(format!("e.g. {s}"));
-    }
+    state.samples.report(&mut r);
     Ok(r)
 }
 
@@ -1236,7 +1243,7 @@ struct MamState {
     unsent: AtomicU64,
     first_send_ns: AtomicU64,
     last_fin_ns: AtomicU64,
-    samples: Mutex<Vec<String>>,
+    samples: Samples,
 }
 
 fn kind_index(k: QueryKind) -> usize {
@@ -1254,13 +1261,6 @@ fn parse_tagged(s: &str, prefix: &str) -> Option<(u32, u64)> {
 }
 
 impl MamState {
-    fn sample(&self, s: String) {
-        let mut v = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if v.len() < 5 {
-            v.push(s);
-        }
-    }
-
     fn queries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, QueryInfo>> {
         self.queries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -1301,7 +1301,7 @@ impl MamState {
         self.results.fetch_add(1, Ordering::Relaxed);
         if !valid {
             self.results_bad.fetch_add(1, Ordering::Relaxed);
-            self.sample(format!(
+            self.samples.push(format!(
                 "result of query {seq} without a forwarded message with a body: {}",
                 result.to_xml().chars().take(300).collect::<String>()
             ));
@@ -1326,7 +1326,7 @@ impl MamState {
             (Some("result"), Some(fin)) => fin,
             _ => {
                 self.query_errors.fetch_add(1, Ordering::Relaxed);
-                self.sample(format!(
+                self.samples.push(format!(
                     "query {seq} by user {user}: {}",
                     if el.attr("type") == Some("result") {
                         "result without <fin/>".to_string()
@@ -1350,7 +1350,7 @@ impl MamState {
         let (first, last) = (rsm("first"), rsm("last"));
         if results > 0 && (first != first_id || last != last_id) {
             self.page_mismatch.fetch_add(1, Ordering::Relaxed);
-            self.sample(format!(
+            self.samples.push(format!(
                 "query {seq}: page says first {first:?} last {last:?}, results received \
                  before the reply were {first_id:?} .. {last_id:?} ({results})"
             ));
@@ -1359,7 +1359,7 @@ impl MamState {
             self.results_expected.fetch_add(e, Ordering::Relaxed);
             if results < e {
                 self.short_pages.fetch_add(1, Ordering::Relaxed);
-                self.sample(format!(
+                self.samples.push(format!(
                     "query {seq} by user {user}: {results} results, expected at least {e}"
                 ));
             }
@@ -1414,7 +1414,8 @@ impl Handler for MamState {
             "message" => {
                 if el.attr("type") == Some("error") {
                     self.errors.fetch_add(1, Ordering::Relaxed);
-                    self.sample(format!("message bounced: {}", xmpp::stanza_error(el)));
+                    self.samples
+                        .push(format!("message bounced: {}", xmpp::stanza_error(el)));
                 } else if let Some(result) = el.child("result", runner::NS_MAM) {
                     self.on_result(me, result);
                 } else {
@@ -1509,7 +1510,7 @@ pub async fn mam(c: &Common, a: &MamArgs) -> Result<Report, RunError> {
         unsent: AtomicU64::new(0),
         first_send_ns: AtomicU64::new(0),
         last_fin_ns: AtomicU64::new(0),
-        samples: Mutex::new(Vec::new()),
+        samples: Samples::default(),
     });
     let rss_before = c.server_pid.and_then(runner::rss_kib);
     let clients = runner::start(&pop, steps(false), state.clone(), progress.clone());
@@ -1743,14 +1744,7 @@ pub async fn mam(c: &Common, a: &MamArgs) -> Result<Report, RunError> {
     if queries_ok == 0 {
         r.fail("no query was answered");
     }
-    for s in state
-        .samples
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        r.fail(format!("e.g. {s}"));
-    }
+    state.samples.report(&mut r);
     Ok(r)
 }
 

@@ -48,6 +48,26 @@ pub fn bounce(server: &Arc<Server>, el: Element, err: StanzaError) -> BoxFut<'_>
     })
 }
 
+/// A built-in service that only answers IQs (XEP-0363 upload, XEP-0065 proxy): requests
+/// go to its handler and get its reply, messages bounce, anything else is dropped.
+async fn iq_service(server: &Arc<Server>, el: Element, to: &Jid, host: &str, kind: ServiceKind) {
+    match el.name.as_str() {
+        "iq" if matches!(el.attr("type"), Some("get" | "set")) => {
+            let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
+                return;
+            };
+            let answer = if kind == ServiceKind::Upload {
+                ext::upload::handle_iq(server, &el, &from, to, host).await
+            } else {
+                ext::proxy65::handle_iq(server, &el, &from, to, host).await
+            };
+            route(server, ext::iq_reply(&el, answer)).await;
+        }
+        "message" => bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await,
+        _ => {}
+    }
+}
+
 async fn deliver(server: &Arc<Server>, el: Element, to: &Jid) {
     if server.serves(to.domain()) {
         if to.node().is_none() {
@@ -59,8 +79,9 @@ async fn deliver(server: &Arc<Server>, el: Element, to: &Jid) {
         let host = svc.host.clone();
         return match svc.kind {
             ServiceKind::Muc => ext::muc::route(server, el, to, &host).await,
-            ServiceKind::Upload => ext::upload::route(server, el, to, &host).await,
-            ServiceKind::Proxy65 => ext::proxy65::route(server, el, to, &host).await,
+            kind @ (ServiceKind::Upload | ServiceKind::Proxy65) => {
+                iq_service(server, el, to, &host, kind).await
+            }
         };
     }
     if let Some(c) = server.components.get(to.domain()) {

@@ -27,7 +27,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use crate::router::{bounce, route as route_stanza};
 use crate::Server;
 
 /// XEP-0065 namespace.
@@ -106,22 +105,9 @@ pub fn dst_addr(sid: &str, requester: &str, target: &str) -> String {
 // ---------------------------------------------------------------------------------------
 // XMPP side
 
-/// A stanza addressed to the service at `to` (a service domain of served domain `host`).
-pub async fn route(server: &Arc<Server>, el: Element, to: &Jid, host: &str) {
-    match el.name.as_str() {
-        "iq" if matches!(el.attr("type"), Some("get" | "set")) => {
-            let Some(from) = el.attr("from").and_then(|f| Jid::parse(f).ok()) else {
-                return;
-            };
-            let reply = crate::ext::iq_reply(&el, handle_iq(server, &el, &from, to, host).await);
-            route_stanza(server, reply).await;
-        }
-        "message" => bounce(server, el, StanzaError::new(Cond::ServiceUnavailable)).await,
-        _ => {}
-    }
-}
-
-async fn handle_iq(
+/// An IQ to the service at `to` (a service domain of served domain `host`); the router
+/// bounces messages and drops other stanzas (`router::iq_service`).
+pub(crate) async fn handle_iq(
     server: &Arc<Server>,
     el: &Element,
     from: &Jid,
