@@ -141,12 +141,12 @@ impl ServerCertVerifier for AcceptAnyCert {
     }
 }
 
-/// A TLS connector that accepts any certificate (TLS 1.2 and 1.3, ring provider).
+/// A TLS connector that accepts any certificate (TLS 1.2 and 1.3, aws-lc-rs provider).
 pub fn insecure_tls() -> tokio_rustls::TlsConnector {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
+        .expect("aws-lc-rs supports the default protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyCert(provider)))
         .with_no_client_auth();

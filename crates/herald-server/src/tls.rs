@@ -32,8 +32,11 @@ impl TlsContext {
             _ => self_signed(&settings.raw.server.data_dir, &settings.domains)?,
         };
         let end_point = end_point_hash(&certs[0]);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .cipher_suites
+            .sort_by_key(|s| suite_rank(s.suite()));
+        let mut config = ServerConfig::builder_with_provider(Arc::new(provider))
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Setup(e.to_string()))?
             .with_no_client_auth()
@@ -43,13 +46,34 @@ impl TlsContext {
                     "certificate and key do not match or are unusable: {e}"
                 ))
             })?;
-        // Each session's TLS state is part of the per-connection memory budget; tickets keep
-        // resumption stateless on our side.
+        // Resumption state lives in one bounded cache (1024 sessions), not per connection.
         config.session_storage = rustls::server::ServerSessionMemoryCache::new(1024);
+        // One TLS 1.3 ticket per handshake, not rustls's default two: an XMPP client holds
+        // one connection, so it resumes (if at all) one at a time.
+        config.send_tls13_tickets = 1;
+        // Our order, not the client's: most clients list AES-256 first, and its SHA-384 key
+        // schedule runs without hardware help where SHA-256 has it (SHA-NI, ARMv8 SHA2);
+        // AES-128-GCM is TLS 1.3's mandatory suite and what browsers prefer.
+        config.ignore_client_order = true;
         Ok(TlsContext {
             config: Arc::new(config),
             end_point,
         })
+    }
+}
+
+/// Server preference among equally strong AEAD suites: AES-128-GCM (SHA-256 key schedule),
+/// then AES-256-GCM, then ChaCha20-Poly1305, in each TLS version.
+fn suite_rank(suite: rustls::CipherSuite) -> u8 {
+    use rustls::CipherSuite as S;
+    match suite {
+        S::TLS13_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | S::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        S::TLS13_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | S::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 => 1,
+        _ => 2,
     }
 }
 

@@ -46,6 +46,33 @@ async fn auth_before_tls_is_refused_and_stream_closed() {
     server.assert_still_serving("alice").await;
 }
 
+/// The server picks the TLS 1.3 suite by its own order (AES-128-GCM-SHA256 first, whose key
+/// schedule uses hardware SHA-256), though this client, like most, lists AES-256 first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_suite_is_the_servers_choice() {
+    let server = TestServer::start().await;
+    server.add_user("alice").await;
+    let mut c = Client::connect(server.c2s).await;
+    c.open_stream().await;
+    c.starttls().await;
+    let common::Transport::Tls(tls) = &c.io else {
+        panic!("not on TLS after STARTTLS");
+    };
+    let conn = tls.get_ref().1;
+    assert_eq!(
+        conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(
+        conn.negotiated_cipher_suite().map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+    );
+    // The client still completes a login over it.
+    c.authenticate("alice", PASSWORD, Mech::SHA256)
+        .await
+        .expect("login over AES-128-GCM");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mechanisms_after_tls() {
     let server = TestServer::start().await;
