@@ -58,6 +58,7 @@ mod files_sqlite;
 pub mod muc;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_read;
 mod sqlite_writer;
 
 pub use archive::{

@@ -7,24 +7,28 @@
 //! fails half-way because another connection wrote in between; single-statement writes take
 //! it at their start too.
 //!
-//! The hot appends, [`ArchiveStore::append_archive`](crate::ArchiveStore::append_archive) and
-//! [`OfflineStore::store_offline`], are group-committed: each store has a writer task that
+//! The hot appends, [`ArchiveStore::append_archive`](crate::ArchiveStore::append_archive),
+//! [`OfflineStore::store_offline`] and
+//! [`LastActivityStore::set_last_activity`], are group-committed: each store has a writer task that
 //! runs all appends queued at once in one `BEGIN IMMEDIATE` transaction, so they share one
 //! fsync, and answers each only after that commit (see `sqlite_writer.rs`). Holding
 //! the write lock for the whole batch is also what makes the offline quota
 //! check-and-insert and the archive stamp rule atomic.
+//!
+//! The per-user point reads of the hot paths run inline on a pool of read-only connections
+//! instead of through sqlx's worker threads (see `sqlite_read.rs`).
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::OptionalExtension;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
+use crate::sqlite_read::Readers;
 use crate::sqlite_writer::{Append, Writer};
 use crate::{
     map_err, map_migrate_err, parse_subscription, quota_i64, to_u32, to_u64, AccountStore,
@@ -42,11 +46,42 @@ pub struct SqliteStore {
     pub(crate) pool: SqlitePool,
     /// Group-commits archive and offline appends (see `sqlite_writer.rs`).
     pub(crate) writer: Writer,
+    /// Hot point reads, run inline (see `sqlite_read.rs`).
+    readers: Readers,
+    /// For `sqlite::memory:`, the temporary file that stands in for it.
+    _temp: Option<TempDb>,
+}
+
+/// A private database file in the system's temporary directory, deleted (with its WAL and
+/// shared-memory files) when the store goes.
+struct TempDb(std::path::PathBuf);
+
+impl TempDb {
+    fn new() -> TempDb {
+        let name = format!(
+            "herald-{}-{:016x}.db",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        TempDb(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for TempDb {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = self.0.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 impl SqliteStore {
     /// Opens `sqlite:///abs/path`, `sqlite://rel/path`, `sqlite:path` or `sqlite::memory:`,
     /// creating the file and its parent directories if missing, and migrates it.
+    /// `sqlite::memory:` (for tests) is a private database in a temporary file, without
+    /// fsync, deleted when the store is dropped.
     pub async fn open(url: &str) -> Result<SqliteStore> {
         let rest = url
             .strip_prefix("sqlite:")
@@ -70,88 +105,43 @@ impl SqliteStore {
                 ))
             })?;
         }
+        Self::open_file(path, SqliteSynchronous::Full, None).await
+    }
+
+    async fn open_file(
+        path: &Path,
+        synchronous: SqliteSynchronous,
+        temp: Option<TempDb>,
+    ) -> Result<SqliteStore> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(synchronous)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(POOL_SIZE)
-            .acquire_timeout(BUSY_TIMEOUT * 2)
-            .connect_with(options)
-            .await
-            .map_err(|e| open_err(path, e))?;
-        let store = SqliteStore {
-            writer: Writer::spawn(pool.clone()),
-            pool,
-        };
-        store.migrate().await.map_err(|e| match e {
+        let pool = connect(path, options).await?;
+        let in_db = |e| match e {
             StorageError::Unavailable(m) => {
                 StorageError::Unavailable(format!("sqlite database {}: {m}", path.display()))
             }
             other => other,
-        })?;
+        };
+        migrate(&pool).await.map_err(in_db)?;
+        let store = SqliteStore {
+            writer: Writer::spawn(pool.clone()),
+            readers: Readers::open(path)?,
+            pool,
+            _temp: temp,
+        };
         tracing::debug!(path = %path.display(), "opened sqlite store");
         Ok(store)
     }
 
-    /// A private in-memory database. One connection only: the database lives exactly as
-    /// long as that connection, so it must never be closed for idleness.
     async fn open_memory() -> Result<SqliteStore> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")
-            .map_err(|e| StorageError::BadUrl(e.to_string()))?
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options)
-            .await
-            .map_err(map_err)?;
-        let store = SqliteStore {
-            writer: Writer::spawn(pool.clone()),
-            pool,
-        };
-        store.migrate().await?;
-        Ok(store)
-    }
-
-    async fn migrate(&self) -> Result<()> {
-        let migrator = crate::migrator(&[
-            (
-                1,
-                "initial",
-                include_str!("../migrations/sqlite/0001_initial.sql"),
-            ),
-            (
-                2,
-                "archive",
-                include_str!("../migrations/sqlite/0002_archive.sql"),
-            ),
-            (3, "muc", include_str!("../migrations/sqlite/0003_muc.sql")),
-            (
-                4,
-                "files",
-                include_str!("../migrations/sqlite/0004_files.sql"),
-            ),
-        ]);
-        // Two processes opening a fresh file at once may race on the first migration; the
-        // loser fails on "table exists" and succeeds on retry, seeing it applied.
-        let mut attempt = 0;
-        loop {
-            match migrator.run(&self.pool).await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < 3 => {
-                    attempt += 1;
-                    tracing::debug!(error = %e, attempt, "sqlite migration failed, retrying");
-                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
-                }
-                Err(e) => return Err(map_migrate_err(e)),
-            }
-        }
+        let temp = TempDb::new();
+        let path = temp.0.clone();
+        Self::open_file(&path, SqliteSynchronous::Off, Some(temp)).await
     }
 
     /// Closes all connections, waiting for them to finish (checkpointing the WAL).
@@ -164,6 +154,76 @@ impl SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)
+    }
+}
+
+/// Opens the pool. A brand-new file is switched to WAL on its first connection; when two
+/// processes do that at once, SQLite answers one of them "database is locked" at once,
+/// without waiting out the busy timeout (it would deadlock otherwise). That answer is
+/// retried for up to the busy timeout; every other error is final.
+async fn connect(path: &Path, options: SqliteConnectOptions) -> Result<SqlitePool> {
+    let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        let attempt = SqlitePoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(BUSY_TIMEOUT * 2)
+            .connect_with(options.clone())
+            .await;
+        match attempt {
+            Ok(pool) => return Ok(pool),
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "sqlite file busy while opening, retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => return Err(open_err(path, e)),
+        }
+    }
+}
+
+/// SQLITE_BUSY or SQLITE_LOCKED, extended codes included.
+fn is_busy(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+async fn migrate(pool: &SqlitePool) -> Result<()> {
+    let migrator = crate::migrator(&[
+        (
+            1,
+            "initial",
+            include_str!("../migrations/sqlite/0001_initial.sql"),
+        ),
+        (
+            2,
+            "archive",
+            include_str!("../migrations/sqlite/0002_archive.sql"),
+        ),
+        (3, "muc", include_str!("../migrations/sqlite/0003_muc.sql")),
+        (
+            4,
+            "files",
+            include_str!("../migrations/sqlite/0004_files.sql"),
+        ),
+    ]);
+    // Two processes opening a fresh file at once may race on the first migration; the
+    // loser fails on "table exists" and succeeds on retry, seeing it applied.
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 3 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "sqlite migration failed, retrying");
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(map_migrate_err(e)),
+        }
     }
 }
 
@@ -203,22 +263,63 @@ pub(crate) fn decode_groups(mut s: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-const ITEM_COLUMNS: &str = "jid, name, subscription, ask, approved, groups";
+/// The roster item columns in [`RawItem::from_row`] order, as a literal so statements are
+/// `concat!`-built constants (the statement cache is keyed by the SQL text).
+macro_rules! item_columns {
+    ($t:literal) => {
+        concat!(
+            $t,
+            "jid, ",
+            $t,
+            "name, ",
+            $t,
+            "subscription, ",
+            $t,
+            "ask, ",
+            $t,
+            "approved, ",
+            $t,
+            "groups"
+        )
+    };
+}
 
-/// Decodes the item columns starting at `first`; `None` when jid is NULL (outer join).
-fn item_from_row(row: &SqliteRow, first: usize) -> Result<Option<RosterItem>> {
-    let jid: Option<String> = row.try_get(first).map_err(map_err)?;
-    let Some(jid) = jid else { return Ok(None) };
-    let subscription: String = row.try_get(first + 2).map_err(map_err)?;
-    let groups: String = row.try_get(first + 5).map_err(map_err)?;
-    Ok(Some(RosterItem {
-        jid,
-        name: row.try_get(first + 1).map_err(map_err)?,
-        subscription: parse_subscription(&subscription)?,
-        ask: row.try_get(first + 3).map_err(map_err)?,
-        approved: row.try_get(first + 4).map_err(map_err)?,
-        groups: decode_groups(&groups)?,
-    }))
+/// A roster item's columns as stored, decoded by [`RawItem::decode`].
+struct RawItem {
+    jid: String,
+    name: Option<String>,
+    subscription: String,
+    ask: bool,
+    approved: bool,
+    groups: String,
+}
+
+impl RawItem {
+    /// The item columns starting at `first`; `None` when jid is NULL (outer join).
+    fn from_row(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<RawItem>> {
+        let Some(jid) = r.get::<_, Option<String>>(first)? else {
+            return Ok(None);
+        };
+        Ok(Some(RawItem {
+            jid,
+            name: r.get(first + 1)?,
+            subscription: r.get(first + 2)?,
+            ask: r.get(first + 3)?,
+            approved: r.get(first + 4)?,
+            groups: r.get(first + 5)?,
+        }))
+    }
+
+    fn decode(self) -> Result<RosterItem> {
+        Ok(RosterItem {
+            jid: self.jid,
+            name: self.name,
+            subscription: parse_subscription(&self.subscription)?,
+            ask: self.ask,
+            approved: self.approved,
+            groups: decode_groups(&self.groups)?,
+        })
+    }
 }
 
 fn owner_of(domain: &str, username: &str) -> String {
@@ -348,31 +449,39 @@ impl AccountStore for SqliteStore {
         username: &str,
     ) -> Result<Option<Vec<StoredCredential>>> {
         // One statement: no rows means no account; a NULL mechanism means no credentials.
-        let rows = sqlx::query(
-            "SELECT c.mechanism, c.salt, c.iterations, c.stored_key, c.server_key \
-             FROM accounts a LEFT JOIN credentials c \
-               ON c.domain = a.domain AND c.username = a.username \
-             WHERE a.domain = ? AND a.username = ? \
-             ORDER BY c.position",
-        )
-        .bind(domain)
-        .bind(username)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
+        type Row = (
+            Option<String>,
+            Option<Vec<u8>>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
+        );
+        let rows: Vec<Row> = self.readers.read(|c| {
+            c.prepare_cached(
+                "SELECT c.mechanism, c.salt, c.iterations, c.stored_key, c.server_key \
+                 FROM accounts a LEFT JOIN credentials c \
+                   ON c.domain = a.domain AND c.username = a.username \
+                 WHERE a.domain = ? AND a.username = ? \
+                 ORDER BY c.position",
+            )?
+            .query_map((domain, username), |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect()
+        })?;
         if rows.is_empty() {
             return Ok(None);
         }
         let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mechanism: Option<String> = row.try_get(0).map_err(map_err)?;
+        for (mechanism, salt, iterations, stored_key, server_key) in rows {
             let Some(mechanism) = mechanism else { continue };
+            let corrupt = || StorageError::Backend("corrupt credentials row".into());
             out.push(StoredCredential {
                 mechanism,
-                salt: row.try_get(1).map_err(map_err)?,
-                iterations: to_u32(row.try_get(2).map_err(map_err)?, "iteration count")?,
-                stored_key: row.try_get(3).map_err(map_err)?,
-                server_key: row.try_get(4).map_err(map_err)?,
+                salt: salt.ok_or_else(corrupt)?,
+                iterations: to_u32(iterations.ok_or_else(corrupt)?, "iteration count")?,
+                stored_key: stored_key.ok_or_else(corrupt)?,
+                server_key: server_key.ok_or_else(corrupt)?,
             });
         }
         Ok(Some(out))
@@ -387,15 +496,10 @@ impl AccountStore for SqliteStore {
     }
 
     async fn account_exists(&self, domain: &str, username: &str) -> Result<bool> {
-        Ok(
-            sqlx::query("SELECT 1 FROM accounts WHERE domain = ? AND username = ?")
-                .bind(domain)
-                .bind(username)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_err)?
-                .is_some(),
-        )
+        self.readers.read(|c| {
+            c.prepare_cached("SELECT 1 FROM accounts WHERE domain = ? AND username = ?")?
+                .exists((domain, username))
+        })
     }
 }
 
@@ -403,51 +507,49 @@ impl AccountStore for SqliteStore {
 impl RosterStore for SqliteStore {
     async fn roster(&self, owner: &str) -> Result<(u64, Vec<RosterItem>)> {
         // One statement, hence one snapshot: the version always matches the items.
-        let rows = sqlx::query(
-            "SELECT v.version, i.jid, i.name, i.subscription, i.ask, i.approved, i.groups \
-             FROM (SELECT COALESCE((SELECT version FROM roster_versions WHERE owner = ?1), 0) \
+        let rows: Vec<(i64, Option<RawItem>)> = self.readers.read(|c| {
+            c.prepare_cached(concat!(
+                "SELECT v.version, ",
+                item_columns!("i."),
+                " FROM (SELECT COALESCE((SELECT version FROM roster_versions WHERE owner = ?1), 0) \
                    AS version) v \
-             LEFT JOIN roster_items i ON i.owner = ?1 \
-             ORDER BY i.jid",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
+                 LEFT JOIN roster_items i ON i.owner = ?1 \
+                 ORDER BY i.jid"
+            ))?
+            .query_map([owner], |r| Ok((r.get(0)?, RawItem::from_row(r, 1)?)))?
+            .collect()
+        })?;
         let mut version = 0;
         let mut items = Vec::with_capacity(rows.len());
-        for row in &rows {
-            version = to_u64(row.try_get(0).map_err(map_err)?, "roster version")?;
-            if let Some(item) = item_from_row(row, 1)? {
-                items.push(item);
+        for (v, item) in rows {
+            version = to_u64(v, "roster version")?;
+            if let Some(item) = item {
+                items.push(item.decode()?);
             }
         }
         Ok((version, items))
     }
 
     async fn roster_version(&self, owner: &str) -> Result<u64> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM roster_versions WHERE owner = ?")
-                .bind(owner)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_err)?;
+        let v: Option<i64> = self.readers.read(|c| {
+            c.prepare_cached("SELECT version FROM roster_versions WHERE owner = ?")?
+                .query_row([owner], |r| r.get(0))
+                .optional()
+        })?;
         to_u64(v.unwrap_or(0), "roster version")
     }
 
     async fn roster_item(&self, owner: &str, jid: &str) -> Result<Option<RosterItem>> {
-        let row = sqlx::query(&format!(
-            "SELECT {ITEM_COLUMNS} FROM roster_items WHERE owner = ? AND jid = ?"
-        ))
-        .bind(owner)
-        .bind(jid)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
-        match row {
-            Some(row) => item_from_row(&row, 0),
-            None => Ok(None),
-        }
+        let raw = self.readers.read(|c| {
+            c.prepare_cached(concat!(
+                "SELECT ",
+                item_columns!(""),
+                " FROM roster_items WHERE owner = ? AND jid = ?"
+            ))?
+            .query_row((owner, jid), |r| RawItem::from_row(r, 0))
+            .optional()
+        })?;
+        raw.flatten().map(RawItem::decode).transpose()
     }
 
     async fn put_roster_item(&self, owner: &str, item: &RosterItem) -> Result<u64> {
@@ -536,13 +638,13 @@ impl RosterStore for SqliteStore {
     }
 
     async fn pending_in(&self, owner: &str) -> Result<Vec<(String, String)>> {
-        sqlx::query_as(
-            "SELECT from_jid, stanza FROM roster_pending_in WHERE owner = ? ORDER BY seq",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)
+        self.readers.read(|c| {
+            c.prepare_cached(
+                "SELECT from_jid, stanza FROM roster_pending_in WHERE owner = ? ORDER BY seq",
+            )?
+            .query_map([owner], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
+        })
     }
 }
 
@@ -568,21 +670,19 @@ impl OfflineStore for SqliteStore {
     }
 
     async fn offline_messages(&self, owner: &str) -> Result<Vec<OfflineMessage>> {
-        let rows: Vec<(i64, String, i64)> = sqlx::query_as(
-            "SELECT id, stanza, stamp_micros FROM offline_messages WHERE owner = ? ORDER BY id",
-        )
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(rows
-            .into_iter()
-            .map(|(id, stanza, stamp_micros)| OfflineMessage {
-                id,
-                stanza,
-                stamp_micros,
-            })
-            .collect())
+        self.readers.read(|c| {
+            c.prepare_cached(
+                "SELECT id, stanza, stamp_micros FROM offline_messages WHERE owner = ? ORDER BY id",
+            )?
+            .query_map([owner], |r| {
+                Ok(OfflineMessage {
+                    id: r.get(0)?,
+                    stanza: r.get(1)?,
+                    stamp_micros: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
     }
 
     async fn delete_offline(&self, owner: &str, up_to_id: i64) -> Result<u64> {
@@ -598,11 +698,10 @@ impl OfflineStore for SqliteStore {
     }
 
     async fn count_offline(&self, owner: &str) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM offline_messages WHERE owner = ?")
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let n: i64 = self.readers.read(|c| {
+            c.prepare_cached("SELECT COUNT(*) FROM offline_messages WHERE owner = ?")?
+                .query_row([owner], |r| r.get(0))
+        })?;
         to_u64(n, "offline count")
     }
 }
@@ -610,12 +709,11 @@ impl OfflineStore for SqliteStore {
 #[async_trait]
 impl PrivateStore for SqliteStore {
     async fn get_private(&self, owner: &str, key: &str) -> Result<Option<String>> {
-        sqlx::query_scalar("SELECT value FROM private_data WHERE owner = ? AND key = ?")
-            .bind(owner)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)
+        self.readers.read(|c| {
+            c.prepare_cached("SELECT value FROM private_data WHERE owner = ? AND key = ?")?
+                .query_row((owner, key), |r| r.get(0))
+                .optional()
+        })
     }
 
     async fn set_private(&self, owner: &str, key: &str, value: &str) -> Result<()> {
@@ -670,11 +768,11 @@ impl SqliteStore {
 #[async_trait]
 impl BlockStore for SqliteStore {
     async fn blocklist(&self, owner: &str) -> Result<Vec<String>> {
-        sqlx::query_scalar("SELECT jid FROM blocklist WHERE owner = ? ORDER BY jid")
-            .bind(owner)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)
+        self.readers.read(|c| {
+            c.prepare_cached("SELECT jid FROM blocklist WHERE owner = ? ORDER BY jid")?
+                .query_map([owner], |r| r.get(0))?
+                .collect()
+        })
     }
 
     async fn block(&self, owner: &str, jids: &[String]) -> Result<()> {
@@ -714,26 +812,23 @@ impl BlockStore for SqliteStore {
 #[async_trait]
 impl LastActivityStore for SqliteStore {
     async fn set_last_activity(&self, owner: &str, stamp_secs: i64, status: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO last_activity (owner, stamp_secs, status) VALUES (?, ?, ?) \
-             ON CONFLICT (owner) DO UPDATE SET \
-               stamp_secs = excluded.stamp_secs, status = excluded.status",
-        )
-        .bind(owner)
-        .bind(stamp_secs)
-        .bind(status)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(())
+        // Group-committed with other logouts and appends.
+        self.writer
+            .submit(Append::LastActivity {
+                owner: owner.to_string(),
+                stamp_secs,
+                status: status.to_string(),
+            })
+            .await
+            .map(drop)
     }
 
     async fn last_activity(&self, owner: &str) -> Result<Option<(i64, String)>> {
-        sqlx::query_as("SELECT stamp_secs, status FROM last_activity WHERE owner = ?")
-            .bind(owner)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(map_err)
+        self.readers.read(|c| {
+            c.prepare_cached("SELECT stamp_secs, status FROM last_activity WHERE owner = ?")?
+                .query_row([owner], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
     }
 }
 

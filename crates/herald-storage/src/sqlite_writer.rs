@@ -1,4 +1,5 @@
-//! Group commit for SQLite's hot single-row appends (archived and offline messages).
+//! Group commit for SQLite's hot single-row writes (archived and offline messages, last
+//! activity at logout).
 //!
 //! With `synchronous=FULL` every commit costs an fsync, and SQLite has one write lock, so
 //! one transaction per append caps the append rate at the disk's fsync rate. Instead each
@@ -16,8 +17,7 @@
 //! one transaction per request, so an unexpected failure of one row never fails others. A
 //! failed `BEGIN` or `COMMIT` fails every request of the batch.
 //!
-//! The writer holds a connection only while it runs a batch, so the single-connection
-//! in-memory store keeps serving other calls between batches. It stops when the store (the
+//! The writer holds a pooled connection only while it runs a batch. It stops when the store (the
 //! only sender) is dropped; a request that finds it gone gets
 //! [`StorageError::Unavailable`].
 
@@ -49,6 +49,13 @@ pub(crate) enum Append {
         stanza: String,
         stamp_micros: i64,
         quota: i64,
+    },
+    /// XEP-0012 last activity, written at every logout: a mass disconnect (a network
+    /// blip, a restart) would otherwise cost one fsync per user.
+    LastActivity {
+        owner: String,
+        stamp_secs: i64,
+        status: String,
     },
 }
 
@@ -228,6 +235,24 @@ async fn apply(conn: &mut SqliteConnection, append: &Append) -> Result<Result<i6
             .map_err(map_err)?;
             Ok(id.ok_or(StorageError::QuotaExceeded))
         }
+        Append::LastActivity {
+            owner,
+            stamp_secs,
+            status,
+        } => {
+            sqlx::query(
+                "INSERT INTO last_activity (owner, stamp_secs, status) VALUES (?, ?, ?) \
+                 ON CONFLICT (owner) DO UPDATE SET \
+                   stamp_secs = excluded.stamp_secs, status = excluded.status",
+            )
+            .bind(owner)
+            .bind(stamp_secs)
+            .bind(status)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            Ok(Ok(0))
+        }
     }
 }
 
@@ -303,8 +328,7 @@ mod tests {
         }
     }
 
-    /// Appends and reads interleave on the single-connection in-memory store (the writer
-    /// releases its connection between batches), and batches really form under load.
+    /// Appends and archive reads interleave, and every append gets its own row id.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn memory_store_interleaves_reads_and_batches() {
         let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
@@ -338,6 +362,46 @@ mod tests {
         ids.sort_unstable();
         ids.dedup();
         assert_eq!(ids.len(), n);
+    }
+
+    /// A mass logout: concurrent last-activity writes (group-committed, mixed with offline
+    /// appends) all land, the latest write of an owner wins, and inline reads see them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_last_activity_writes_all_land() {
+        use crate::LastActivityStore;
+        let store = Arc::new(SqliteStore::open("sqlite::memory:").await.unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..300i64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("u{i}@x.example");
+                store
+                    .set_last_activity(&owner, 1_000, "first")
+                    .await
+                    .unwrap();
+                if i % 2 == 0 {
+                    store.store_offline(&owner, "<m/>", i, 10).await.unwrap();
+                }
+                store
+                    .set_last_activity(&owner, 2_000 + i, &format!("bye {i}"))
+                    .await
+                    .unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        for i in 0..300i64 {
+            let owner = format!("u{i}@x.example");
+            assert_eq!(
+                store.last_activity(&owner).await.unwrap(),
+                Some((2_000 + i, format!("bye {i}")))
+            );
+            assert_eq!(
+                store.count_offline(&owner).await.unwrap(),
+                u64::from(i % 2 == 0)
+            );
+        }
     }
 
     /// A row failing for a reason other than its own duplicate or quota makes the batch
