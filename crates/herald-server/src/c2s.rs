@@ -985,8 +985,33 @@ pub struct Session {
     handoff: Option<mpsc::Receiver<sm::Handoff>>,
     /// XEP-0352 state.
     csi: Csi,
-    /// Stanzas a handler wants written before its IQ reply (e.g. archive results).
+    /// Stanzas for this client that a handler produced (archive results, offline messages,
+    /// presence on login): written straight to the connection after the handler, before
+    /// an IQ reply. Not through the outbox: the handler runs in this session's task, which
+    /// alone drains the outbox, so waiting there for room would wait on itself.
     pub before_reply: std::sync::Mutex<Vec<Element>>,
+}
+
+impl Session {
+    /// Queues stanzas for this client, written after the current handler (see
+    /// `before_reply`).
+    pub fn to_client(&self, els: impl IntoIterator<Item = Element>) {
+        self.before_reply
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(els);
+    }
+
+    fn take_for_client(&self) -> Vec<Element> {
+        std::mem::take(&mut *self.before_reply.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Writes what the handler just run left for this client (`Session::to_client`).
+fn emit_for_client(conn: &mut Conn, session: &mut Session) {
+    for e in session.take_for_client() {
+        emit(conn, session, e);
+    }
 }
 
 /// Writes a stanza to the client, counting it for XEP-0198.
@@ -1066,7 +1091,7 @@ async fn run_session(server: Arc<Server>, mut live: Box<Live>) {
             pending,
         } = &mut *live;
         loop {
-            let handoff = match Box::pin(connected(&server, conn, session, rx)).await {
+            let handoff = match Box::pin(connected(&server, conn, session, rx, pending)).await {
                 LoopEnd::Handoff(h) => {
                     // Takeover of a live connection: the old one is gone for the client.
                     // Boxed (rare path): keeps the long-lived session task small.
@@ -1140,12 +1165,55 @@ async fn end_session(
     finish(&mut conn, end, Some(&jid)).await;
 }
 
-/// The session while a connection is attached.
+/// Runs a client stanza's handler while moving this session's own outbox into `held`
+/// (up to `cap` stanzas), and returns the handler's result with a close request taken
+/// from the outbox meanwhile.
+///
+/// A handler may wait for room in another session's full outbox. If this session's outbox
+/// went undrained meanwhile, two busy sessions writing to each other would each wait for
+/// the other until the outbox timeout (and a ring of them would stall everyone in it), so
+/// the session keeps accepting what is routed to it while it waits. Once the handler is
+/// done, the held stanzas are written in the order they arrived.
+async fn hold_outbox_while<F: std::future::Future>(
+    handler: F,
+    rx: &mut mpsc::Receiver<Outbound>,
+    held: &mut VecDeque<Element>,
+    cap: usize,
+) -> (F::Output, Option<Box<(SErr, Option<String>)>>) {
+    tokio::pin!(handler);
+    let mut close = None;
+    loop {
+        tokio::select! {
+            // The handler first: most finish on their first poll and never touch `rx`.
+            biased;
+            r = &mut handler => return (r, close),
+            m = rx.recv(), if close.is_none() && held.len() < cap => match m {
+                Some(Outbound::Stanza(el)) => held.push_back(*el),
+                Some(Outbound::Close(c)) => close = Some(c),
+                None => close = Some(Box::new((SErr::InternalServerError, None))),
+            },
+        }
+    }
+}
+
+/// Writes one stanza taken from the outbox to the client.
+async fn deliver_queued(server: &Arc<Server>, conn: &mut Conn, session: &mut Session, el: Element) {
+    // XEP-0357 with XEP-0352: an inactive client may be asleep.
+    if session.csi.inactive && el.name == "message" {
+        crate::ext::push::on_session_queued(server, &session.jid, &el).await;
+    }
+    deliver_out(server, conn, session, el)
+}
+
+/// The session while a connection is attached. `held` is empty on entry and on a normal return; when the
+/// stream ends while a handler ran, it keeps what was taken from the outbox meanwhile,
+/// which the caller delivers after a resumption or reroutes (nothing is lost).
 async fn connected(
     server: &Arc<Server>,
     conn: &mut Conn,
     session: &mut Session,
     rx: &mut mpsc::Receiver<Outbound>,
+    held: &mut VecDeque<Element>,
 ) -> LoopEnd {
     let mut shutdown = server.shutdown.clone();
     loop {
@@ -1154,8 +1222,17 @@ async fn connected(
             Ok(Some(StreamEvent::Stanza(el))) => {
                 // Boxed: the handler's state exists only while a stanza is processed,
                 // keeping the idle session's task small.
-                if let Err(e) = Box::pin(handle_client_element(server, conn, session, el)).await {
+                let handler = Box::pin(handle_client_element(server, conn, session, el));
+                let cap = server.settings.raw.c2s.outbox_capacity;
+                let (r, close) = hold_outbox_while(handler, rx, held, cap).await;
+                if let Err(e) = r {
                     return LoopEnd::End(e);
+                }
+                while let Some(el) = held.pop_front() {
+                    deliver_queued(server, conn, session, el).await;
+                }
+                if let Some(c) = close {
+                    return LoopEnd::End(StreamEnd::Error(c.0, c.1));
                 }
                 continue;
             }
@@ -1177,8 +1254,10 @@ async fn connected(
                 conn.queue(&sm::request());
             }
         }
-        if let Err(e) = conn.flush().await {
-            return LoopEnd::End(StreamEnd::Io(e));
+        // A client that does not read blocks this write; a close request must still end it.
+        tokio::select! {
+            r = conn.flush() => if let Err(e) = r { return LoopEnd::End(StreamEnd::Io(e)); },
+            (cond, text) = session.handle.shared.kicked() => return LoopEnd::End(StreamEnd::Error(cond, text)),
         }
         conn.release_idle_buffers();
         let handoff = async {
@@ -1195,13 +1274,7 @@ async fn connected(
                 // Batch whatever else is already queued into one write.
                 loop {
                     match next {
-                        Some(Outbound::Stanza(el)) => {
-                            // XEP-0357 with XEP-0352: an inactive client may be asleep.
-                            if session.csi.inactive && el.name == "message" {
-                                crate::ext::push::on_session_queued(server, &session.jid, &el).await;
-                            }
-                            deliver_out(server, conn, session, *el)
-                        }
+                        Some(Outbound::Stanza(el)) => deliver_queued(server, conn, session, *el).await,
                         Some(Outbound::Close(c)) => return LoopEnd::End(StreamEnd::Error(c.0, c.1)),
                         None => return LoopEnd::End(StreamEnd::Error(SErr::InternalServerError, None)),
                     }
@@ -1218,6 +1291,7 @@ async fn connected(
                 }
             }
             h = handoff => if let Some(h) = h { return LoopEnd::Handoff(Box::new(h)); },
+            (cond, text) = session.handle.shared.kicked() => return LoopEnd::End(StreamEnd::Error(cond, text)),
             _ = crate::stopped(&mut shutdown) => return LoopEnd::End(StreamEnd::Error(SErr::SystemShutdown, None)),
         }
     }
@@ -1257,6 +1331,7 @@ async fn hibernate(
                 }
                 Some(Outbound::Close(..)) | None => return None,
             },
+            _ = session.handle.shared.kicked() => return None,
             _ = &mut timeout => return None,
             _ = crate::stopped(&mut shutdown) => return None,
         }
@@ -1437,15 +1512,7 @@ async fn handle_client_stanza(
                 return Ok(());
             }
             let reply = ext::client_iq(server, session, el, to).await;
-            let early = std::mem::take(
-                &mut *session
-                    .before_reply
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner()),
-            );
-            for e in early {
-                emit(conn, session, e);
-            }
+            emit_for_client(conn, session);
             if let Some(reply) = reply {
                 emit(conn, session, reply);
             }
@@ -1458,7 +1525,8 @@ async fn handle_client_stanza(
                 copy.set_attr("to", session.jid.as_str());
                 emit(conn, session, copy);
             }
-            presence::from_client(server, session, el, to).await
+            presence::from_client(server, session, el, to).await;
+            emit_for_client(conn, session);
         }
         _ => crate::router::message_from_client(server, session, el, to).await,
     }

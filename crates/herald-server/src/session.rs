@@ -41,6 +41,45 @@ pub struct SessionShared {
     pub carbons: AtomicBool,
     /// XEP-0115 capabilities announced in presence (features once resolved).
     pub caps: Mutex<crate::ext::caps::ClientCaps>,
+    /// A close request that did not fit in the full outbox.
+    kick: Kick,
+}
+
+/// The out-of-band close: a client that stopped reading blocks its session task in a
+/// socket write and leaves its outbox full, so a `Close` queued behind the stanzas would
+/// never be seen. The task watches this alongside the socket.
+#[derive(Debug, Default)]
+struct Kick {
+    reason: Mutex<Option<(StreamErrorCondition, Option<String>)>>,
+    notify: tokio::sync::Notify,
+}
+
+impl SessionShared {
+    /// Resolves once the session was told to close out of band, with the reason.
+    pub async fn kicked(&self) -> (StreamErrorCondition, Option<String>) {
+        loop {
+            self.kick.notify.notified().await;
+            if let Some(r) = self.kick_reason() {
+                return r;
+            }
+        }
+    }
+
+    fn kick_reason(&self) -> Option<(StreamErrorCondition, Option<String>)> {
+        self.kick
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn is_kicked(&self) -> bool {
+        self.kick
+            .reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -122,6 +161,12 @@ impl SessionHandle {
     /// Queues a stanza. A full outbox makes the sender wait (backpressure) up to `timeout`;
     /// a session that stays full that long is told to close, and the stanza is returned.
     pub async fn send(&self, stanza: Element, timeout: Duration) -> Result<(), Undeliverable> {
+        let stanza = match self.try_send(stanza) {
+            Ok(()) => return Ok(()),
+            // Full and already told to close as too slow: do not wait on it again.
+            Err(s) if self.shared.is_kicked() => return Err(Undeliverable(s)),
+            Err(s) => s,
+        };
         match queue(&self.tx, stanza, timeout).await {
             Ok(()) => Ok(()),
             Err(QueueError::Closed(s)) => Err(Undeliverable(s)),
@@ -147,12 +192,23 @@ impl SessionHandle {
         }
     }
 
-    /// Asks the session to end its stream. Never blocks; if the outbox is full the request is
-    /// not queued and the session ends when its reader catches up or its peer goes away.
+    /// Asks the session to end its stream. Never blocks. Queued behind the stanzas already
+    /// waiting when there is room; otherwise signalled out of band, which also interrupts a
+    /// socket write that the client is not reading.
     pub fn close(&self, cond: StreamErrorCondition, text: Option<&str>) {
-        let _ = self
+        let text = text.map(str::to_string);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self
             .tx
-            .try_send(Outbound::Close(Box::new((cond, text.map(str::to_string)))));
+            .try_send(Outbound::Close(Box::new((cond, text.clone()))))
+        {
+            self.shared
+                .kick
+                .reason
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert((cond, text));
+            self.shared.kick.notify.notify_one();
+        }
     }
 
     pub fn is_closed(&self) -> bool {

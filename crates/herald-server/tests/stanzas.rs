@@ -13,6 +13,16 @@ fn body(e: &Element) -> Option<String> {
     e.child("body", ns::CLIENT).map(|b| b.text())
 }
 
+/// A new session of `user` that sends initial presence gets no stored message.
+async fn expect_no_offline_left(server: &TestServer, user: &str) {
+    let mut c = server.login(user, "again").await;
+    c.send("<presence/>").await;
+    c.expect_no_match("re-delivered message", Duration::from_millis(500), |e| {
+        e.name == "message"
+    })
+    .await;
+}
+
 fn is_chat(e: &Element) -> bool {
     e.name == "message" && e.attr("type") != Some("error")
 }
@@ -212,12 +222,7 @@ async fn offline_messages_are_delivered_in_order_with_delay() {
 
     // Delivered messages were removed: a new session gets none.
     b.close().await;
-    let mut b2 = server.login("bob", "b2").await;
-    b2.send("<presence/>").await;
-    b2.expect_no_match("re-delivered message", Duration::from_millis(500), |e| {
-        e.name == "message"
-    })
-    .await;
+    expect_no_offline_left(&server, "bob").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,4 +397,216 @@ async fn a_burst_of_messages_arrives_whole_and_in_order() {
     }
     b.expect_no_match("message", Duration::from_millis(300), is_chat)
         .await;
+}
+
+/// A client that stops reading is disconnected once its outbox has stayed full for
+/// `outbox_timeout_secs`, although its session task is stuck writing to a socket nobody
+/// reads; senders are not held up by it after that, and what was still queued for it goes
+/// to offline storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let server = TestServer::with_config(
+        "[c2s]\nmax_bytes_per_sec = 1073741824\nburst_bytes = 1073741824\n\
+         outbox_capacity = 8\noutbox_timeout_secs = 1\n",
+    )
+    .await;
+    server.add_user("alice").await;
+    server.add_user("bob").await;
+    let mut a = server.login("alice", "a").await;
+    let mut b = server.login("bob", "b").await;
+    b.send("<presence/>").await;
+    b.ping_server().await;
+    // bob stops reading. 400 messages of 40 kB (16 MB) fill the loopback socket buffers,
+    // then bob's outbox. Each wait on a full outbox lasts up to 1 s: had bob stayed
+    // connected, routing the rest would take minutes.
+    let pad = "x".repeat(40_000);
+    let started = std::time::Instant::now();
+    for round in 0..8 {
+        let burst: String = (0..50)
+            .map(|i| {
+                format!(
+                    "<message type='chat' id='s{round}-{i}' to='bob@example.test/b'><body>{round}-{i} {pad}</body></message>"
+                )
+            })
+            .collect();
+        a.send(&burst).await;
+    }
+    // alice's ping is answered after her messages were routed.
+    tokio::time::timeout(Duration::from_secs(30), a.ping_server())
+        .await
+        .expect("alice's stanzas are still held up by bob");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "routing took {:?}",
+        started.elapsed()
+    );
+    // bob's session is gone: an IQ to his full JID bounces.
+    let r = a
+        .iq(
+            "get",
+            Some("bob@example.test/b"),
+            "<ping xmlns='urn:xmpp:ping'/>",
+        )
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{}", r.to_xml());
+    assert_eq!(
+        stanza_error(&r).map(|(_, cond)| cond).as_deref(),
+        Some("service-unavailable")
+    );
+    // bob's old connection ends once he reads what the kernel still held for him.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match b.next_event().await {
+                common::Event::Eof => break,
+                common::Event::Stanza(e) if e.is("error", ns::STREAM) => {
+                    let cond = e.elements().next().map(|c| c.name.to_string());
+                    assert_eq!(cond.as_deref(), Some("policy-violation"), "{}", e.to_xml());
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("bob's old connection still open");
+    // What had not reached bob waits for him offline.
+    let mut b2 = server.login("bob", "b2").await;
+    b2.send("<presence/>").await;
+    let m = b2.expect_match("offline message", is_chat).await;
+    assert!(
+        m.child("delay", "urn:xmpp:delay").is_some(),
+        "not from offline storage: {}",
+        m.to_xml().chars().take(200).collect::<String>()
+    );
+}
+
+/// More offline messages than a session's outbox holds: every one arrives, in order, once,
+/// and none comes again at the next login. (Delivery runs in the session's own task; it
+/// once queued them on its own full outbox, waited on itself, and left the rest stored
+/// while the first ones were already delivered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_offline_messages_than_the_outbox_holds() {
+    let server =
+        TestServer::with_config("[c2s]\noutbox_capacity = 8\noutbox_timeout_secs = 1\n").await;
+    server.add_user("alice").await;
+    server.add_user("bob").await;
+    let mut a = server.login("alice", "a").await;
+    for i in 1..=60 {
+        a.send(&format!(
+            "<message type='chat' id='m{i}' to='bob@example.test'><body>offline {i}</body></message>"
+        ))
+        .await;
+    }
+    a.ping_server().await;
+    let mut b = server.login("bob", "b").await;
+    b.send("<presence/>").await;
+    for i in 1..=60 {
+        let m = b.expect_match("offline message", is_chat).await;
+        assert_eq!(body(&m), Some(format!("offline {i}")), "{}", m.to_xml());
+    }
+    b.ping_server().await;
+    b.expect_no_match("extra message", Duration::from_millis(300), |e| {
+        e.name == "message"
+    })
+    .await;
+    b.close().await;
+    expect_no_offline_left(&server, "bob").await;
+}
+
+/// Outboxes of 4 stanzas and a short outbox timeout, no byte-rate limit: a burst fills
+/// an outbox at once, and a session left waiting on one is cut off within seconds.
+const TINY_OUTBOX: &str = "[c2s]\nmax_bytes_per_sec = 1073741824\nburst_bytes = 1073741824\n\
+                           outbox_capacity = 4\noutbox_timeout_secs = 2\n";
+
+/// Busy sessions writing to each other through small outboxes: each session's task waits
+/// for room in another's outbox while that one waits for room in its own. All three
+/// clients read everything, so nobody may be cut off as "too slow" and nothing may be lost
+/// or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_flooding_each_other_all_get_through() {
+    let server = TestServer::with_config(TINY_OUTBOX).await;
+    const USERS: [&str; 3] = ["alice", "bob", "carol"];
+    const PER_PEER: usize = 300;
+    let mut clients = Vec::new();
+    for u in USERS {
+        server.add_user(u).await;
+        let mut c = server.login(u, "r").await;
+        c.send("<presence/>").await;
+        c.ping_server().await;
+        clients.push(c);
+    }
+    let pad = "y".repeat(200);
+    let runs = clients.iter_mut().enumerate().map(|(me, c)| {
+        let mut burst = String::new();
+        for i in 0..PER_PEER {
+            for (_, name) in USERS.iter().enumerate().filter(|&(p, _)| p != me) {
+                burst.push_str(&format!(
+                    "<message type='chat' to='{name}@example.test/r'><body>{me} {i} {pad}</body></message>"
+                ));
+            }
+        }
+        let mut seen = 0;
+        c.send_while_reading(burst.into_bytes(), Duration::from_secs(60), move |e| {
+            if is_chat(e) {
+                seen += 1;
+            }
+            seen == 2 * PER_PEER
+        })
+    });
+    let results = futures_util::future::join_all(runs).await;
+    for (me, (got, _)) in results.iter().enumerate() {
+        let mut next = [0usize; 3];
+        for m in got.iter().filter(|e| is_chat(e)) {
+            let text = body(m).unwrap_or_default();
+            let mut parts = text.split(' ');
+            let from: usize = parts.next().unwrap().parse().unwrap();
+            let i: usize = parts.next().unwrap().parse().unwrap();
+            assert_eq!(
+                i, next[from],
+                "{} got {from}'s messages out of order",
+                USERS[me]
+            );
+            next[from] += 1;
+        }
+        for from in (0..3).filter(|f| *f != me) {
+            assert_eq!(
+                next[from], PER_PEER,
+                "{} missed messages from {}",
+                USERS[me], USERS[from]
+            );
+        }
+    }
+}
+
+/// A client messaging its own full JID in a burst: its session routes each message into
+/// its own outbox. With a small outbox it must not wait on itself (and be cut off as too
+/// slow to read); every message comes back, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_to_ones_own_resource_comes_back_whole() {
+    let server = TestServer::with_config(TINY_OUTBOX).await;
+    server.add_user("alice").await;
+    let mut a = server.login("alice", "r").await;
+    a.send("<presence/>").await;
+    a.ping_server().await;
+    const N: usize = 300;
+    let burst: String = (0..N)
+        .map(|i| {
+            format!("<message type='chat' to='alice@example.test/r'><body>{i}</body></message>")
+        })
+        .collect();
+    let mut seen = 0;
+    let (got, _) = a
+        .send_while_reading(burst.into_bytes(), Duration::from_secs(30), move |e| {
+            if is_chat(e) {
+                seen += 1;
+            }
+            seen == N
+        })
+        .await;
+    let bodies: Vec<String> = got
+        .iter()
+        .filter(|e| is_chat(e))
+        .map(|m| body(m).unwrap_or_default())
+        .collect();
+    let expected: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(bodies, expected);
 }

@@ -543,11 +543,7 @@ fn parse_query(server: &Server, payload: &Element) -> Result<Query, StanzaError>
 /// Stanzas written to the requester before the IQ result.
 async fn emit_before_reply(server: &Arc<Server>, req: &IqRequest<'_>, els: Vec<Element>) {
     match req.session {
-        Some(s) => s
-            .before_reply
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(els),
+        Some(s) => s.to_client(els),
         // Reached through the router: routed in order, ahead of the reply routed later.
         None => {
             for el in els {

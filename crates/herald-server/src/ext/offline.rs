@@ -63,8 +63,9 @@ pub async fn store(server: &Arc<Server>, mut el: Element, to: &Jid) {
 }
 
 /// Sends stored messages to a session that just became available, then deletes them.
-/// They are deleted only after being queued; if the session dies first, the queue is
-/// handed back to the router and they are stored again.
+/// Runs in the session's own task, so they go straight to its connection after the
+/// handler (`Session::to_client`), not through its outbox: a quota's worth of messages
+/// would not fit there, and the task cannot wait for room it alone can make.
 pub async fn deliver(server: &Arc<Server>, session: &Session) {
     let owner = session.jid.bare_str();
     let msgs = match server.storage.offline_messages(owner).await {
@@ -77,21 +78,16 @@ pub async fn deliver(server: &Arc<Server>, session: &Session) {
     let Some(last) = msgs.last().map(|m| m.id) else {
         return;
     };
+    let mut out = Vec::with_capacity(msgs.len());
     for m in msgs {
         let Some(mut el) = parse_fragment(&m.stanza) else {
             tracing::warn!(owner, id = m.id, "unreadable offline message skipped");
             continue;
         };
         el.set_attr("to", session.jid.as_str());
-        if session
-            .handle
-            .send(el, server.outbox_timeout())
-            .await
-            .is_err()
-        {
-            return;
-        }
+        out.push(el);
     }
+    session.to_client(out);
     if let Err(e) = server.storage.delete_offline(owner, last).await {
         storage_error(e);
     }

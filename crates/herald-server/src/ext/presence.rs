@@ -535,7 +535,7 @@ async fn broadcast(server: &Arc<Server>, session: &mut Session, mut el: Element)
             if let Some(mut p) = s.presence().filter(|_| s.available()) {
                 p.set_attr("from", s.jid.as_str());
                 p.set_attr("to", session.jid.as_str());
-                let _ = session.handle.send(p, server.outbox_timeout()).await;
+                session.to_client([p]);
             }
         }
     }
@@ -543,7 +543,7 @@ async fn broadcast(server: &Arc<Server>, session: &mut Session, mut el: Element)
         Ok(list) => {
             for (_, xml) in list {
                 if let Some(p) = parse_fragment(&xml) {
-                    let _ = session.handle.send(p, server.outbox_timeout()).await;
+                    session.to_client([p]);
                 }
             }
         }
