@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_herald");
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports. The listeners are held until all are bound: a port released
+/// at once could come back from the next bind to port 0.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 struct Env {
@@ -26,8 +27,7 @@ struct Env {
 
 fn env_with(storage: Option<&str>, extra: &str) -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let (c2s, tls, http, comp) = (free_port(), free_port(), free_port(), free_port());
-    let (https, p65) = (free_port(), free_port());
+    let [c2s, tls, http, comp, https, p65] = free_ports();
     let storage = storage
         .map(|u| format!("[storage]\nurl = \"{u}\"\n"))
         .unwrap_or_default();
@@ -220,15 +220,58 @@ fn spawn_serve(cfg: &Path) -> Server {
     Server(child)
 }
 
-fn wait_port(port: u16) {
+/// Waits until the server listens on `port`. If the server exits instead, the test fails
+/// with what it printed, so a failure says why rather than only that it timed out.
+fn wait_port(s: &mut Server, port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(st) = s.0.try_wait().unwrap() {
+            panic!(
+                "server exited with {st} before listening: {}",
+                server_stderr(s)
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "server did not start listening on {port}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn server_stderr(s: &mut Server) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = s.0.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    err
+}
+
+/// Starts `herald serve` on fresh ports and waits for its c2s and HTTP listeners.
+/// `free_ports` releases the ports before the server binds them, so another test's
+/// connection can take one in between; such a start is retried on new ports.
+fn serve(storage: Option<&str>, extra: &str) -> (Env, Server) {
+    for _ in 0..3 {
+        let e = env_with(storage, extra);
+        let mut s = spawn_serve(&e.cfg);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let up = |p| TcpStream::connect(("127.0.0.1", p)).is_ok();
+        loop {
+            if up(e.c2s) && up(e.http) {
+                return (e, s);
+            }
+            if let Some(st) = s.0.try_wait().unwrap() {
+                let err = server_stderr(&mut s);
+                if err.contains("cannot listen on") {
+                    break;
+                }
+                panic!("server exited with {st} before listening: {err}");
+            }
+            assert!(Instant::now() < deadline, "server did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("server could not bind its ports in three tries");
 }
 
 fn wait_exit(s: &mut Server, limit: Duration) -> std::process::ExitStatus {
@@ -310,9 +353,7 @@ fn read_until(s: &mut TcpStream, needle: &str, limit: Duration) -> String {
 
 #[test]
 fn sigterm_closes_streams_with_system_shutdown() {
-    let e = env_with(None, "");
-    let mut s = spawn_serve(&e.cfg);
-    wait_port(e.c2s);
+    let (e, mut s) = serve(None, "");
     let mut c = TcpStream::connect(("127.0.0.1", e.c2s)).unwrap();
     c.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>").unwrap();
     let got = read_until(&mut c, "</stream:features>", Duration::from_secs(5));
@@ -354,12 +395,10 @@ fn postgres_backend_serves_and_manages_accounts() {
         }
     }
     let _cleanup = Drop_(db.clone());
-    let e = env_with(
+    let (e, mut s) = serve(
         Some(&format!("postgres://postgres@127.0.0.1:5432/{db}")),
         "",
     );
-    let mut s = spawn_serve(&e.cfg);
-    wait_port(e.c2s);
     // The CLI works against the same database while the server runs.
     let o = herald(
         &e.cfg,
@@ -449,9 +488,9 @@ fn files_commands_list_show_and_purge() {
     let blob = |id: &str| e.dir.path().join("data/uploads").join(&id[..2]).join(id);
     let (alice_id, bob_id) = (files[0].0, files[1].0);
 
-    let s = spawn_serve(&e.cfg);
-    wait_port(e.c2s);
-    wait_port(e.http);
+    let mut s = spawn_serve(&e.cfg);
+    wait_port(&mut s, e.c2s);
+    wait_port(&mut s, e.http);
     assert_eq!(http_get_status(e.http, &urls[0]), 200);
 
     let o = herald(&e.cfg, &["files", "list"], None);
