@@ -109,6 +109,11 @@ pub struct Common {
     /// Commands queued per client before the generator skips that client.
     #[arg(long, global = true, default_value_t = 64)]
     pub client_queue: usize,
+    /// Runtime threads of the load generator (default: one per CPU). On a machine shared
+    /// with the server, fewer threads contend less with it for the CPUs, so the latency
+    /// measured at moderate load is more the server's and less the scheduler's.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 #[derive(Debug, Clone, Subcommand)]
