@@ -32,10 +32,16 @@ pub enum FilesCmd {
         all: bool,
     },
     /// Show one file's record: upload, downloads, recipients.
-    Show { id: String },
+    Show {
+        /// A file id as `files list` prints it (ids from before 2026-11-24 may start
+        /// with `-`, which is taken as part of the id).
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
     /// Delete files (their content and links; the records stay): by id, all of a user's,
     /// or all older than some days (--user and --older-than combine).
     Purge {
+        #[arg(allow_hyphen_values = true)]
         ids: Vec<String>,
         #[arg(long, value_name = "JID", conflicts_with = "ids")]
         user: Option<String>,

@@ -440,7 +440,8 @@ fn files_commands_list_show_and_purge() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let files = [
         ("AliceFile0000000000000", "alice@example.test", "notes.txt"),
-        ("BobFile000000000000000", "bob@example.test", "photo.png"),
+        // Ids made before 2026-11-24 could start with '-'; the commands still take them.
+        ("-BobFile00000000000000", "bob@example.test", "photo.png"),
     ];
     let urls: Vec<String> = rt.block_on(async {
         use herald_server::ext::upload::{Upload, UrlKind};
@@ -527,6 +528,10 @@ fn files_commands_list_show_and_purge() {
     ] {
         assert!(out.contains(needle), "{needle} missing from:\n{out}");
     }
+
+    let o = herald(&e.cfg, &["files", "show", bob_id], None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("photo.png"), "{}", stdout(&o));
 
     // Purge one file while the server runs: gone from disk, its link answers 404.
     assert!(blob(alice_id).is_file());
