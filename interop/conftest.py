@@ -47,10 +47,23 @@ _RUNNING: list["Server"] = []
 _user_counter = itertools.count(1)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports. The sockets are held until all are bound: a port released
+    at once could come back from the next bind to port 0."""
+    held = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(s)
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+class _CannotListen(AssertionError):
+    """The server could not bind one of its ports."""
 
 
 _pg_databases: list[str] = []
@@ -96,17 +109,26 @@ class Server:
         self.log_path = root / "herald.log"
         self.host = HOST
         self.domain = DOMAIN
-        self.c2s_port = free_port()
-        self.direct_tls_port = free_port()
-        self.http_port = free_port()
-        self.https_port = free_port()
-        self.component_port = free_port()
-        self.proxy65_port = free_port()
         self.proc: subprocess.Popen | None = None
         self._log_file = None
-        storage = ""
+        self._started = False
+        self._extra_toml = extra_toml
+        self._storage = ""
         if os.environ.get("HERALD_TEST_STORAGE") == "postgres":
-            storage = f'[storage]\nurl = "{make_pg_database()}"\n'
+            self._storage = f'[storage]\nurl = "{make_pg_database()}"\n'
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        """Chooses this server's ports and writes its config."""
+        (
+            self.c2s_port,
+            self.direct_tls_port,
+            self.http_port,
+            self.https_port,
+            self.component_port,
+            self.proxy65_port,
+        ) = free_ports(6)
+        storage, extra_toml = self._storage, self._extra_toml
         self.config.write_text(
             f"""
 [server]
@@ -157,6 +179,20 @@ secret = "{COMPONENT_SECRET}"
 
     # -- process ----------------------------------------------------------------------
     def start(self, timeout: float = 20.0) -> None:
+        """Starts the server and waits for its c2s port. On a first start, a port taken by
+        another connection between `free_ports` and the server's bind ("cannot listen")
+        is retried on fresh ports; a restart keeps its ports, as clients expect."""
+        for attempt in range(3):
+            try:
+                self._start_once(timeout)
+                self._started = True
+                return
+            except _CannotListen:
+                if self._started or attempt == 2:
+                    raise
+                self._pick_ports()
+
+    def _start_once(self, timeout: float) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self._log_file = open(self.log_path, "ab")
         env = dict(os.environ)
@@ -174,9 +210,10 @@ secret = "{COMPONENT_SECRET}"
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"herald exited with {self.proc.returncode} during startup\n{self.log()}"
-                )
+                self._close_log()
+                log = self.log()
+                kind = _CannotListen if "cannot listen on" in log else AssertionError
+                raise kind(f"herald exited with {self.proc.returncode} during startup\n{log}")
             try:
                 with socket.create_connection((HOST, self.c2s_port), timeout=0.5):
                     break

@@ -18,15 +18,23 @@ export const WAIT = 10_000;
 const here = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.HERALD_BIN ?? resolve(here, "../../../target/debug/herald");
 
-function freePort() {
-  return new Promise((ok, fail) => {
-    const s = createServer();
-    s.once("error", fail);
-    s.listen(0, HOST, () => {
-      const { port } = s.address();
-      s.close(() => ok(port));
-    });
-  });
+/** `n` distinct free ports: every listener stays open until all have a port, since a
+ * port released at once could come back from the next listen on port 0. */
+async function freePorts(n) {
+  const held = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise((ok, fail) => {
+          const s = createServer();
+          s.once("error", fail);
+          s.listen(0, HOST, () => ok(s));
+        }),
+    ),
+  );
+  const ports = held.map((s) => s.address().port);
+  await Promise.all(held.map((s) => new Promise((ok) => s.close(ok))));
+  return ports;
 }
 
 export class Herald {
@@ -36,11 +44,22 @@ export class Herald {
     return h;
   }
 
+  /** A port taken by another connection between `freePorts` and the server's bind makes
+   * the server exit with "cannot listen"; that is retried on fresh ports. */
   async #start() {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#startOnce();
+      } catch (e) {
+        if (attempt === 3 || !String(e.message).includes("cannot listen on")) throw e;
+        rmSync(this.dir, { recursive: true, force: true });
+      }
+    }
+  }
+
+  async #startOnce() {
     this.dir = mkdtempSync(join(tmpdir(), "herald-node-"));
-    const [c2s, tls, http, https, comp, p65] = await Promise.all(
-      Array.from({ length: 6 }, freePort),
-    );
+    const [c2s, tls, http, https, comp, p65] = await freePorts(6);
     Object.assign(this, { c2s, http, https });
     this.config = join(this.dir, "herald.toml");
     const pg = process.env.HERALD_TEST_STORAGE === "postgres";
