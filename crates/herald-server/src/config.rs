@@ -292,6 +292,10 @@ pub struct C2sSection {
     pub max_unacked: usize,
     /// XEP-0352: presence updates held for an inactive client before they are flushed.
     pub csi_max_held: usize,
+    /// Seconds a connection may be silent before the kernel probes it (TCP keepalive);
+    /// a peer that answers no probe, or leaves data unacknowledged as long again, is
+    /// dropped. 0: off. Applies to client, web and component connections.
+    pub tcp_keepalive_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -502,6 +506,7 @@ impl Default for C2sSection {
             resume_timeout_secs: 300,
             max_unacked: 5000,
             csi_max_held: 500,
+            tcp_keepalive_secs: 60,
         }
     }
 }
@@ -755,6 +760,12 @@ impl Config {
             return Err(bad(
                 "c2s.resume_timeout_secs",
                 "must be at most 86400 (a day)".into(),
+            ));
+        }
+        if self.c2s.tcp_keepalive_secs > 7_200 {
+            return Err(bad(
+                "c2s.tcp_keepalive_secs",
+                "must be at most 7200 (two hours, the kernel's own default); 0 turns it off".into(),
             ));
         }
         if self.c2s.max_unacked < 10 {
@@ -1530,6 +1541,7 @@ mod tests {
             ("[listen]\nproxy65 = [\"0.0.0.0:7777\"]", "proxy65.host"),
             ("[proxy65]\nhost = \"a b\"", "proxy65.host"),
             ("[proxy65]\nport = 0", "proxy65.port"),
+            ("[c2s]\ntcp_keepalive_secs = 7201", "c2s.tcp_keepalive_secs"),
             (
                 "[proxy65]\nactivation_timeout_secs = 0",
                 "proxy65.activation_timeout_secs",

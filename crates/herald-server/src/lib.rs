@@ -294,6 +294,9 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Kind) {
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    if let Err(e) = keepalive(&tcp, server.settings.raw.c2s.tcp_keepalive_secs) {
+                        tracing::debug!(error = %e, %peer, "cannot set TCP keepalive");
+                    }
                     let s = server.clone();
                     match kind {
                         Kind::C2s => { conns.spawn(c2s::serve(s, tcp, peer, false)); }
@@ -319,6 +322,33 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: Kind) {
     let grace = Duration::from_secs(server.settings.raw.server.shutdown_grace_secs);
     let _ = tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
     conns.abort_all();
+}
+
+/// Probes for this long after the first, at most.
+const KEEPALIVE_INTERVAL_MAX: u64 = 10;
+/// Unanswered probes before the kernel drops a connection.
+const KEEPALIVE_PROBES: u32 = 6;
+
+/// Dead-peer detection (`c2s.tcp_keepalive_secs`): the kernel probes a connection silent
+/// for `idle` seconds and drops it when `KEEPALIVE_PROBES` probes go unanswered. The same
+/// bound, as `TCP_USER_TIMEOUT`, drops a connection whose sent data stays unacknowledged:
+/// without it a write to a vanished peer is retried for about 15 minutes. Costs nothing
+/// in user space; the kernel's timer is per socket already.
+fn keepalive(tcp: &tokio::net::TcpStream, idle: u64) -> std::io::Result<()> {
+    if idle == 0 {
+        return Ok(());
+    }
+    let interval = idle.min(KEEPALIVE_INTERVAL_MAX);
+    let sock = socket2::SockRef::from(tcp);
+    sock.set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(idle))
+            .with_interval(Duration::from_secs(interval))
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
+    sock.set_tcp_user_timeout(Some(Duration::from_secs(
+        idle + interval * u64::from(KEEPALIVE_PROBES),
+    )))
 }
 
 /// Resolves once the shutdown signal is set (or its sender is gone).

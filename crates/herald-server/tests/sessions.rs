@@ -126,3 +126,68 @@ async fn shutdown_sends_system_shutdown_and_completes() {
         "c2s listener still accepts after shutdown"
     );
 }
+
+/// The server side of the loopback connection `server` ⇄ `client`, as the kernel lists it
+/// in /proc/net/tcp (what `ss -o` shows): its timer kind (2 = keepalive) and seconds left.
+fn server_socket_timer(server: std::net::SocketAddr, client: std::net::SocketAddr) -> (u8, f64) {
+    let hex = |a: std::net::SocketAddr| {
+        let std::net::IpAddr::V4(ip) = a.ip() else {
+            panic!("IPv4 loopback expected, got {a}");
+        };
+        format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port())
+    };
+    let (local, remote) = (hex(server), hex(client));
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[1] == local && f[2] == remote {
+            let (kind, when) = f[5].split_once(':').unwrap();
+            // Clock ticks of USER_HZ, which is 100 on Linux.
+            let left = u64::from_str_radix(when, 16).unwrap() as f64 / 100.0;
+            return (kind.parse().unwrap(), left);
+        }
+    }
+    panic!("no server socket {server} ⇄ {client} in /proc/net/tcp");
+}
+
+/// `c2s.tcp_keepalive_secs`: every accepted connection (client, direct TLS, web) is
+/// probed by the kernel once silent that long, so a peer that vanished without closing is
+/// dropped instead of staying online for its contacts; 0 leaves the kernel's default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_probed_for_dead_peers() {
+    for (config, armed) in [
+        ("", Some(60.0)),
+        ("[c2s]\ntcp_keepalive_secs = 25\n", Some(25.0)),
+        ("[c2s]\ntcp_keepalive_secs = 0\n", None),
+    ] {
+        let server = TestServer::with_config(config).await;
+        for addr in [server.c2s, server.direct_tls, server.http] {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let client = tcp.local_addr().unwrap();
+            // The accept loop sets the option right after accept; give it that moment
+            // (and, where no timer is expected, long enough that one would have shown).
+            let deadline = Instant::now() + WAIT;
+            if armed.is_none() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let (kind, left) = loop {
+                let t = server_socket_timer(addr, client);
+                if t.0 != 0 || armed.is_none() {
+                    break t;
+                }
+                assert!(Instant::now() < deadline, "{config:?} {addr}: no timer");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            match armed {
+                Some(secs) => {
+                    assert_eq!(kind, 2, "{config:?} {addr}: keepalive timer expected");
+                    assert!(
+                        left <= secs && left > secs - 10.0,
+                        "{config:?} {addr}: first probe in {left} s, expected ~{secs} s"
+                    );
+                }
+                None => assert_eq!(kind, 0, "{config:?} {addr}: no timer expected"),
+            }
+        }
+    }
+}

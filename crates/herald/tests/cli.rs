@@ -665,3 +665,107 @@ fn room_commands_create_list_show_affiliate_destroy() {
         ""
     );
 }
+
+/// `c2s.tcp_keepalive_secs` against a peer that really vanished. Server and client share
+/// a private network namespace, and the test takes its loopback down: from then on no
+/// packet, FIN or RST reaches the server, as when a phone loses coverage. The server
+/// must notice and end the session within the keepalive bound (1 s + 6 probes of 1 s).
+/// Needs `unshare -n` and `ip` (root, as CI runs); says so and passes without them.
+#[test]
+fn vanished_peer_is_dropped_by_tcp_keepalive() {
+    let works = |cmd: &str, args: &[&str]| {
+        Command::new(cmd)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !works("unshare", &["-n", "ip", "link", "set", "lo", "up"]) {
+        eprintln!("skipped: no private network namespace here (unshare -n, ip)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("herald.toml");
+    // The namespace is private, so fixed ports cannot collide with anything.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\ndomains = [\"example.test\"]\ndata_dir = \"{}\"\n[listen]\nc2s = [\"127.0.0.1:5222\"]\nc2s_direct_tls = []\nhttp = []\nhttps = []\ncomponent = []\nproxy65 = []\n[c2s]\ntcp_keepalive_secs = 1\n[log]\nlevel = \"info\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Server(
+        Command::new("unshare")
+            .args(["-n", "--", "sh", "-c"])
+            .arg(r#"ip link set lo up && exec "$0" --config "$1" serve"#)
+            .arg(BIN)
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = server.0.id().to_string();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let err = server.0.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str, limit: Duration| -> Option<String> {
+        let deadline = Instant::now() + limit;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    };
+    assert!(
+        wait_for("herald started", Duration::from_secs(20)).is_some(),
+        "server did not start in its namespace"
+    );
+    // A client in the same namespace opens a stream and then says nothing.
+    let header = "<?xml version='1.0'?><stream:stream to='example.test' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>";
+    let mut client = Command::new("nsenter")
+        .args(["-t", &pid, "-n", "--", "bash", "-c"])
+        .arg(r#"exec 3<>/dev/tcp/127.0.0.1/5222 && printf '%s' "$0" >&3 && exec sleep 60"#)
+        .arg(header)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for("c2s connection", Duration::from_secs(10)).is_some(),
+        "client did not connect"
+    );
+    // A silent but live peer answers the probes and stays connected.
+    assert_eq!(
+        wait_for("c2s connection lost", Duration::from_secs(3)),
+        None,
+        "a live peer was dropped"
+    );
+    assert!(works(
+        "nsenter",
+        &["-t", &pid, "-n", "--", "ip", "link", "set", "lo", "down"]
+    ));
+    let down = Instant::now();
+    let lost = wait_for("c2s connection lost", Duration::from_secs(30));
+    let _ = client.kill();
+    let _ = client.wait();
+    let lost = lost.expect("the vanished peer's connection was never dropped");
+    assert!(lost.contains("timed out"), "{lost}");
+    assert!(
+        down.elapsed() < Duration::from_secs(15),
+        "dropped only after {:?}",
+        down.elapsed()
+    );
+}
