@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use herald_core::Jid;
 use serde::Deserialize;
 
+pub use crate::http::forwarded::IpNet;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {reason}")]
@@ -173,12 +175,24 @@ impl Default for Proxy65Section {
 }
 
 /// The HTTP(S) service.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSection {
     /// Base URL clients reach the HTTP service at (behind a reverse proxy); default: the
     /// first https listener, else the first http one.
     pub public_url: Option<String>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `Forwarded` / `X-Forwarded-For`
+    /// headers name the client.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        HttpSection {
+            public_url: None,
+            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+        }
+    }
 }
 
 /// XEP-0124 BOSH session parameters (the server's side of the negotiation).
@@ -602,6 +616,8 @@ pub struct Settings {
     pub components: Vec<(String, String)>,
     /// Built-in services by their domain.
     pub services: std::collections::HashMap<String, ServiceDomain>,
+    /// `http.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl Config {
@@ -1036,6 +1052,13 @@ impl Config {
             }
             self.http.public_url = Some(url.trim_end_matches('/').to_string());
         }
+        let trusted_proxies = self
+            .http
+            .trusted_proxies
+            .iter()
+            .map(|p| p.trim().parse::<IpNet>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|reason| bad("http.trusted_proxies", reason))?;
         let b = &self.bosh;
         if !(1..=3600).contains(&b.max_wait_secs) {
             return Err(bad(
@@ -1157,6 +1180,7 @@ impl Config {
             proxy65,
             components,
             services,
+            trusted_proxies,
         })
     }
 
@@ -1541,6 +1565,14 @@ mod tests {
             ("[listen]\nproxy65 = [\"0.0.0.0:7777\"]", "proxy65.host"),
             ("[proxy65]\nhost = \"a b\"", "proxy65.host"),
             ("[proxy65]\nport = 0", "proxy65.port"),
+            (
+                "[http]\ntrusted_proxies = [\"10.0.0.0/33\"]",
+                "http.trusted_proxies",
+            ),
+            (
+                "[http]\ntrusted_proxies = [\"proxy.example\"]",
+                "http.trusted_proxies",
+            ),
             ("[c2s]\ntcp_keepalive_secs = 7201", "c2s.tcp_keepalive_secs"),
             (
                 "[proxy65]\nactivation_timeout_secs = 0",

@@ -5,8 +5,9 @@
 //!
 //! Each accepted TCP connection is served by hyper (HTTP/1.1, with upgrades for WebSocket),
 //! inside TLS with the server's certificate on https listeners. Handlers can read the
-//! client's address with `ConnectInfo<SocketAddr>` and the connection's security with
-//! [`ConnMeta`]; both are inserted into every request.
+//! client's address with `ConnectInfo<SocketAddr>` (behind a trusted reverse proxy, the
+//! address it forwards: [`forwarded`]) and the connection's security with [`ConnMeta`];
+//! both are inserted into every request.
 //!
 //! # When a web transport counts as encrypted
 //!
@@ -19,6 +20,7 @@
 //! `-PLUS`, no PLAIN, no in-band registration).
 
 pub mod bosh;
+pub mod forwarded;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -123,8 +125,12 @@ pub async fn serve(
             }
         },
     };
+    let srv = server.clone();
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
+        // The client's address, as far as a trusted reverse proxy vouches for it; the
+        // TCP peer stays in `ConnMeta` (it decides whether plain http counts as secure).
+        let client = forwarded::client_addr(peer, req.headers(), &srv.settings.trusted_proxies);
+        req.extensions_mut().insert(ConnectInfo(client));
         req.extensions_mut().insert(meta.clone());
         router.clone().oneshot(req)
     });

@@ -330,7 +330,17 @@ async fn discovery_slot_put_get_and_audit_record() {
 
     // The URL as handed out: over TLS on the https listener.
     assert!(s.get.starts_with("https://"), "{}", s.get);
-    let r = web::http_request(server.https, true, "GET", &path_of(&s.get), &[], b"").await;
+    // Through a reverse proxy on loopback (trusted by default): the audit records the
+    // client it forwards for.
+    let r = web::http_request(
+        server.https,
+        true,
+        "GET",
+        &path_of(&s.get),
+        &[("X-Forwarded-For", "198.51.100.7")],
+        b"",
+    )
+    .await;
     assert_eq!((r.status, r.body.as_slice()), (200, data.as_slice()));
 
     let r = http(addr, "HEAD", &path_of(&s.get), &[], b"").await;
@@ -386,7 +396,15 @@ async fn discovery_slot_put_get_and_audit_record() {
         rec.upload_addr
     );
     assert_eq!(rec.download_count, 2, "GETs count, HEAD does not");
-    assert!(rec.downloads[0].client_addr.starts_with("127.0.0.1:"));
+    let mut from: Vec<&str> = rec
+        .downloads
+        .iter()
+        .map(|d| d.client_addr.as_str())
+        .collect();
+    from.sort();
+    assert_eq!(from.len(), 2);
+    assert!(from[0].starts_with("127.0.0.1:"), "{from:?}");
+    assert_eq!(from[1], "198.51.100.7:0", "{from:?}");
     assert!(
         rec.expires_micros.is_some(),
         "expires after 30 days by default"

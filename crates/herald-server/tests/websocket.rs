@@ -429,3 +429,40 @@ async fn oversized_request_heads_are_refused() {
     let r = http_request(server.http, false, "GET", "/health", &[], b"").await;
     assert_eq!(r.status, 200, "the server still answers");
 }
+
+/// Behind a reverse proxy (loopback is trusted by default), login throttling counts the
+/// address the proxy forwards, so one web client's failed logins do not lock out every
+/// other client behind the same proxy. From an untrusted proxy the header is ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_counts_the_address_a_trusted_proxy_forwards() {
+    async fn attempt(
+        server: &TestServer,
+        from: &str,
+        user: &str,
+        password: &str,
+    ) -> Result<(), String> {
+        let mut c = Client::websocket_with(server.http, false, &[("X-Forwarded-For", from)]).await;
+        c.open_stream().await;
+        c.authenticate(user, password, Mech::SHA256).await
+    }
+    for (trusted, others_locked_out) in [("", false), ("[http]\ntrusted_proxies = []\n", true)] {
+        let server = TestServer::with_config(&format!("[auth]\nmax_failures = 2\n{trusted}")).await;
+        for user in ["alice", "bob", "carol"] {
+            server.add_user(user).await;
+        }
+        for _ in 0..2 {
+            let r = attempt(&server, "198.51.100.7", "alice", "guess").await;
+            assert_eq!(r, Err("not-authorized".into()));
+        }
+        // The failing client is throttled, even with the right password for another account.
+        let r = attempt(&server, "198.51.100.7", "bob", PASSWORD).await;
+        assert_eq!(r, Err("temporary-auth-failure".into()), "{trusted:?}");
+        // Another client behind the same proxy.
+        let r = attempt(&server, "203.0.113.9", "carol", PASSWORD).await;
+        if others_locked_out {
+            assert_eq!(r, Err("temporary-auth-failure".into()), "{trusted:?}");
+        } else {
+            assert_eq!(r, Ok(()), "{trusted:?}");
+        }
+    }
+}

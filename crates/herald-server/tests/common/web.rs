@@ -86,6 +86,16 @@ pub async fn ws_connect(
     tls: bool,
     protocols: Option<&str>,
 ) -> Result<(WsWire, Option<String>, Option<(Vec<u8>, Vec<u8>)>), u16> {
+    ws_connect_with(addr, tls, protocols, &[]).await
+}
+
+/// [`ws_connect`] with extra request headers (as a reverse proxy would add).
+pub async fn ws_connect_with(
+    addr: SocketAddr,
+    tls: bool,
+    protocols: Option<&str>,
+    headers: &[(&'static str, &str)],
+) -> Result<(WsWire, Option<String>, Option<(Vec<u8>, Vec<u8>)>), u16> {
     let tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.set_nodelay(true).ok();
     let mut binding = None;
@@ -120,6 +130,10 @@ pub async fn ws_connect(
     if let Some(p) = protocols {
         req.headers_mut()
             .insert("Sec-WebSocket-Protocol", p.parse().expect("header value"));
+    }
+    for (name, value) in headers {
+        req.headers_mut()
+            .append(*name, value.parse().expect("header value"));
     }
     match tokio::time::timeout(WAIT, tokio_tungstenite::client_async(req, io))
         .await
@@ -210,7 +224,16 @@ impl WsWire {
 impl Client {
     /// A client over a WebSocket (no stream opened yet).
     pub async fn websocket(addr: SocketAddr, tls: bool) -> Client {
-        let (wire, proto, binding) = ws_connect(addr, tls, Some("xmpp"))
+        Client::websocket_with(addr, tls, &[]).await
+    }
+
+    /// [`Client::websocket`] with extra upgrade request headers.
+    pub async fn websocket_with(
+        addr: SocketAddr,
+        tls: bool,
+        headers: &[(&'static str, &str)],
+    ) -> Client {
+        let (wire, proto, binding) = ws_connect_with(addr, tls, Some("xmpp"), headers)
             .await
             .unwrap_or_else(|status| panic!("WebSocket upgrade refused with {status}"));
         assert_eq!(proto.as_deref(), Some("xmpp"), "subprotocol selected");
