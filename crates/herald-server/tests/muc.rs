@@ -815,3 +815,96 @@ async fn room_created_by_admin_tool_is_served() {
         .await;
     assert!(info.to_xml().contains("Operations") && info.to_xml().contains("muc_persistent"));
 }
+
+/// IQs to an occupant JID are relayed under ids of the room's own: two occupants asking
+/// the same occupant with the same id each get their own answer, under their own id. One
+/// occupant cannot tie up the relay with requests nobody answers: past 32 outstanding it
+/// is refused, while others still get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iqs_to_occupants_are_relayed_under_the_rooms_own_ids() {
+    let server = TestServer::start().await;
+    let mut cs = users(&server, &["alice", "bob", "carol"]).await;
+    let r = room("relay");
+    create(&mut cs[0], &r, "a", &[]).await;
+    join(&mut cs[1], &r, "b", "").await;
+    join(&mut cs[2], &r, "c", "").await;
+    let version = "<query xmlns='jabber:iq:version'/>";
+    for c in &mut cs[1..] {
+        c.send(&format!(
+            "<iq type='get' id='same' to='{r}/a'>{version}</iq>"
+        ))
+        .await;
+    }
+    // Alice sees two requests, from the two occupant JIDs, under two distinct ids.
+    let mut relayed = Vec::new();
+    for _ in 0..2 {
+        let iq = cs[0]
+            .expect_match("relayed request", |e| {
+                e.name == "iq" && e.child("query", "jabber:iq:version").is_some()
+            })
+            .await;
+        relayed.push((
+            iq.attr("from").unwrap().to_string(),
+            iq.attr("id").unwrap().to_string(),
+        ));
+    }
+    assert_ne!(relayed[0].1, relayed[1].1, "{relayed:?}");
+    for (from, id) in &relayed {
+        let who = from.rsplit('/').next().unwrap();
+        cs[0]
+            .send(&format!(
+                "<iq type='result' id='{id}' to='{from}'><query xmlns='jabber:iq:version'><name>for-{who}</name></query></iq>"
+            ))
+            .await;
+    }
+    for (i, who) in [(1, "b"), (2, "c")] {
+        let answer = cs[i]
+            .expect_match("the answer", |e| {
+                e.name == "iq" && e.attr("id") == Some("same")
+            })
+            .await;
+        assert_eq!(answer.attr("type"), Some("result"), "{}", answer.to_xml());
+        assert_eq!(answer.attr("from"), Some(format!("{r}/a").as_str()));
+        let name = answer
+            .child("query", "jabber:iq:version")
+            .and_then(|q| q.child("name", "jabber:iq:version"))
+            .map(|n| n.text());
+        assert_eq!(name.as_deref(), Some(format!("for-{who}").as_str()));
+    }
+
+    // Bob floods requests Alice never answers: the 33rd is refused.
+    for i in 0..32 {
+        cs[1]
+            .send(&format!(
+                "<iq type='get' id='f{i}' to='{r}/a'>{version}</iq>"
+            ))
+            .await;
+    }
+    cs[1]
+        .send(&format!(
+            "<iq type='get' id='f32' to='{r}/a'>{version}</iq>"
+        ))
+        .await;
+    let refused = cs[1]
+        .expect_match("refusal", |e| e.attr("id") == Some("f32"))
+        .await;
+    assert_eq!(
+        stanza_error(&refused).map(|e| e.1).as_deref(),
+        Some("resource-constraint"),
+        "{}",
+        refused.to_xml()
+    );
+    // Carol's request still reaches Alice.
+    cs[2]
+        .send(&format!(
+            "<iq type='get' id='c1' to='{r}/a'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ))
+        .await;
+    cs[0]
+        .expect_match("carol's request", |e| {
+            e.name == "iq"
+                && e.attr("from") == Some(format!("{r}/c").as_str())
+                && e.child("ping", "urn:xmpp:ping").is_some()
+        })
+        .await;
+}

@@ -67,15 +67,33 @@ pub struct Room {
     /// The room has a row in storage.
     pub stored: bool,
     pub created_micros: i64,
-    /// IQs relayed between occupants: (responder, id) → requester.
-    pending_iq: HashMap<(String, String), Jid>,
+    /// IQs relayed between occupants: (responder's full JID, relay id) → the request.
+    pending_iq: HashMap<(String, String), RelayedIq>,
+    /// Makes relay ids unique within the room.
+    next_relay_id: u64,
     /// Set when the room is destroyed; the task ends.
     pub destroyed: bool,
     /// What the service reads without asking the task.
     pub info: Arc<std::sync::RwLock<super::RoomInfo>>,
 }
 
+/// Relayed IQs awaiting an answer, per room and per requesting session.
 const MAX_PENDING_IQ: usize = 1024;
+const MAX_PENDING_IQ_PER_ASKER: usize = 32;
+/// A relayed IQ not answered in this time is answered `remote-server-timeout` (when the
+/// room next needs room for a relay) and forgotten.
+const IQ_RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An IQ request relayed from one occupant to another (XEP-0045: IQs to an occupant JID). The
+/// room sends it under an id of its own, so two requesters using the same id cannot
+/// collide, and restores the requester's id on the answer.
+struct RelayedIq {
+    asker: Jid,
+    id: String,
+    /// The responder's nick when asked (the `from` of a timeout error).
+    nick: String,
+    sent: std::time::Instant,
+}
 
 impl Room {
     pub fn new(server: Arc<Server>, jid: Jid, host: String) -> Room {
@@ -98,6 +116,7 @@ impl Room {
             stored: false,
             created_micros: now_micros(),
             pending_iq: HashMap::new(),
+            next_relay_id: 0,
             destroyed: false,
             info: Arc::default(),
         }
@@ -1201,7 +1220,7 @@ impl Room {
             // An answer to a relayed request: back to whoever asked.
             let id = el.attr("id").unwrap_or("").to_string();
             let key = (from.as_str().to_string(), id);
-            let Some(asker) = self.pending_iq.remove(&key) else {
+            let Some(asked) = self.pending_iq.remove(&key) else {
                 return;
             };
             let Some(responder_nick) = self.by_session.get(from.as_str()).cloned().or_else(|| {
@@ -1213,7 +1232,8 @@ impl Room {
                 return;
             };
             el.set_attr("from", self.nick_jid(&responder_nick).as_str());
-            el.set_attr("to", asker.as_str());
+            el.set_attr("to", asked.asker.as_str());
+            el.set_attr("id", asked.id.as_str());
             return self.send(el).await;
         }
         let Some(my_nick) = self.by_session.get(from.as_str()).cloned() else {
@@ -1230,34 +1250,80 @@ impl Room {
             reply.set_attr("from", self.nick_jid(&nick).as_str());
             return self.send(reply).await;
         }
-        let Some(target) = self.occupants.get(&nick) else {
+        // vCards belong to the account, not to one client (XEP-0054 §3.2 via XEP-0045).
+        let dest = match self.occupants.get(&nick) {
+            None => {
+                return self
+                    .error_reply(
+                        &el,
+                        StanzaError::new(Cond::ItemNotFound).with_text("no such occupant"),
+                    )
+                    .await
+            }
+            Some(t) if el.elements().any(|c| c.is("vCard", ns::VCARD)) => t.real.clone(),
+            Some(t) => match t.sessions.first() {
+                Some(s) => s.clone(),
+                None => return,
+            },
+        };
+        let asking = |p: &HashMap<(String, String), RelayedIq>| {
+            p.values().filter(|r| r.asker == from).count()
+        };
+        if self.pending_iq.len() >= MAX_PENDING_IQ
+            || asking(&self.pending_iq) >= MAX_PENDING_IQ_PER_ASKER
+        {
+            self.expire_relayed_iqs().await;
+        }
+        if self.pending_iq.len() >= MAX_PENDING_IQ
+            || asking(&self.pending_iq) >= MAX_PENDING_IQ_PER_ASKER
+        {
             return self
                 .error_reply(
                     &el,
-                    StanzaError::new(Cond::ItemNotFound).with_text("no such occupant"),
+                    StanzaError::new(Cond::ResourceConstraint)
+                        .with_text("too many requests awaiting an answer"),
                 )
                 .await;
-        };
-        if self.pending_iq.len() >= MAX_PENDING_IQ {
-            return self
-                .error_reply(&el, StanzaError::new(Cond::ResourceConstraint))
-                .await;
         }
-        // vCards belong to the account, not to one client (XEP-0054 §3.2 via XEP-0045).
-        let dest = if el.elements().any(|c| c.is("vCard", ns::VCARD)) {
-            target.real.clone()
-        } else {
-            match target.sessions.first() {
-                Some(s) => s.clone(),
-                None => return,
-            }
+        self.next_relay_id += 1;
+        let relay_id = format!("muc-relay-{}", self.next_relay_id);
+        let asked = RelayedIq {
+            asker: from,
+            id: el.attr("id").unwrap_or("").to_string(),
+            nick,
+            sent: std::time::Instant::now(),
         };
-        let id = el.attr("id").unwrap_or("").to_string();
         self.pending_iq
-            .insert((dest.as_str().to_string(), id), from.clone());
+            .insert((dest.as_str().to_string(), relay_id.clone()), asked);
         el.set_attr("from", self.nick_jid(&my_nick).as_str());
         el.set_attr("to", dest.as_str());
+        el.set_attr("id", relay_id.as_str());
         self.send(el).await;
+    }
+
+    /// Forgets relayed IQs unanswered for `IQ_RELAY_TIMEOUT`, telling each requester.
+    async fn expire_relayed_iqs(&mut self) {
+        let now = std::time::Instant::now();
+        let expired: Vec<(String, String)> = self
+            .pending_iq
+            .iter()
+            .filter(|(_, r)| now.duration_since(r.sent) >= IQ_RELAY_TIMEOUT)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            let Some(r) = self.pending_iq.remove(&key) else {
+                continue;
+            };
+            // The request as the requester sent it, to answer it with an error.
+            let request = Element::new("iq", ns::CLIENT)
+                .with_attr("type", "get")
+                .with_attr("id", r.id.as_str())
+                .with_attr("from", r.asker.as_str())
+                .with_attr("to", self.nick_jid(&r.nick).as_str());
+            let err = StanzaError::new(Cond::RemoteServerTimeout)
+                .with_text("the occupant did not answer");
+            self.error_reply(&request, err).await;
+        }
     }
 }
 
