@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use herald_core::Jid;
 use serde::Deserialize;
 
-pub use crate::http::forwarded::IpNet;
+pub use crate::http::forwarded::{ForwardedHeader, IpNet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -181,16 +181,18 @@ pub struct HttpSection {
     /// Base URL clients reach the HTTP service at (behind a reverse proxy); default: the
     /// first https listener, else the first http one.
     pub public_url: Option<String>,
-    /// Reverse proxies (addresses or CIDR ranges) whose `Forwarded` / `X-Forwarded-For`
-    /// headers name the client.
+    /// Reverse proxies (addresses or CIDR ranges) whose forwarding header names the client.
     pub trusted_proxies: Vec<String>,
+    /// That header: `x-forwarded-for` or `forwarded` (RFC 7239).
+    pub forwarded_header: String,
 }
 
 impl Default for HttpSection {
     fn default() -> Self {
         HttpSection {
             public_url: None,
-            trusted_proxies: vec!["127.0.0.1".into(), "::1".into()],
+            trusted_proxies: Vec::new(),
+            forwarded_header: "x-forwarded-for".into(),
         }
     }
 }
@@ -520,7 +522,7 @@ impl Default for C2sSection {
             resume_timeout_secs: 300,
             max_unacked: 5000,
             csi_max_held: 500,
-            tcp_keepalive_secs: 60,
+            tcp_keepalive_secs: 300,
         }
     }
 }
@@ -618,6 +620,8 @@ pub struct Settings {
     pub services: std::collections::HashMap<String, ServiceDomain>,
     /// `http.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<IpNet>,
+    /// `http.forwarded_header`, parsed.
+    pub forwarded_header: ForwardedHeader,
 }
 
 impl Config {
@@ -1059,6 +1063,12 @@ impl Config {
             .map(|p| p.trim().parse::<IpNet>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|reason| bad("http.trusted_proxies", reason))?;
+        let forwarded_header = self
+            .http
+            .forwarded_header
+            .trim()
+            .parse::<ForwardedHeader>()
+            .map_err(|reason| bad("http.forwarded_header", reason))?;
         let b = &self.bosh;
         if !(1..=3600).contains(&b.max_wait_secs) {
             return Err(bad(
@@ -1181,6 +1191,7 @@ impl Config {
             components,
             services,
             trusted_proxies,
+            forwarded_header,
         })
     }
 
@@ -1572,6 +1583,10 @@ mod tests {
             (
                 "[http]\ntrusted_proxies = [\"proxy.example\"]",
                 "http.trusted_proxies",
+            ),
+            (
+                "[http]\nforwarded_header = \"x-real-ip\"",
+                "http.forwarded_header",
             ),
             ("[c2s]\ntcp_keepalive_secs = 7201", "c2s.tcp_keepalive_secs"),
             (

@@ -129,7 +129,13 @@ pub async fn serve(
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         // The client's address, as far as a trusted reverse proxy vouches for it; the
         // TCP peer stays in `ConnMeta` (it decides whether plain http counts as secure).
-        let client = forwarded::client_addr(peer, req.headers(), &srv.settings.trusted_proxies);
+        let settings = &srv.settings;
+        let client = forwarded::client_addr(
+            peer,
+            req.headers(),
+            &settings.trusted_proxies,
+            settings.forwarded_header,
+        );
         req.extensions_mut().insert(ConnectInfo(client));
         req.extensions_mut().insert(meta.clone());
         router.clone().oneshot(req)

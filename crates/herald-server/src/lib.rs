@@ -346,9 +346,12 @@ fn keepalive(tcp: &tokio::net::TcpStream, idle: u64) -> std::io::Result<()> {
             .with_interval(Duration::from_secs(interval))
             .with_retries(KEEPALIVE_PROBES),
     )?;
+    // Linux only; elsewhere a write to a vanished peer takes the system's retry time.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
     sock.set_tcp_user_timeout(Some(Duration::from_secs(
         idle + interval * u64::from(KEEPALIVE_PROBES),
-    )))
+    )))?;
+    Ok(())
 }
 
 /// Resolves once the shutdown signal is set (or its sender is gone).

@@ -900,11 +900,31 @@ async fn iqs_to_occupants_are_relayed_under_the_rooms_own_ids() {
             "<iq type='get' id='c1' to='{r}/a'><ping xmlns='urn:xmpp:ping'/></iq>"
         ))
         .await;
-    cs[0]
+    let ping = cs[0]
         .expect_match("carol's request", |e| {
             e.name == "iq"
                 && e.attr("from") == Some(format!("{r}/c").as_str())
                 && e.child("ping", "urn:xmpp:ping").is_some()
         })
         .await;
+    // Alice changes nick before answering: the answer still comes from the JID Carol asked.
+    cs[0].send(&format!("<presence to='{r}/a2'/>")).await;
+    cs[0]
+        .expect_match("new nick", |e| {
+            e.name == "presence" && e.attr("from") == Some(format!("{r}/a2").as_str())
+        })
+        .await;
+    cs[0]
+        .send(&format!(
+            "<iq type='result' id='{}' to='{r}/c'/>",
+            ping.attr("id").unwrap()
+        ))
+        .await;
+    let answer = cs[2]
+        .expect_match("the answer", |e| {
+            e.name == "iq" && e.attr("id") == Some("c1")
+        })
+        .await;
+    assert_eq!(answer.attr("type"), Some("result"), "{}", answer.to_xml());
+    assert_eq!(answer.attr("from"), Some(format!("{r}/a").as_str()));
 }

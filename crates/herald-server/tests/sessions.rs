@@ -134,7 +134,7 @@ fn server_socket_timer(server: std::net::SocketAddr, client: std::net::SocketAdd
         let std::net::IpAddr::V4(ip) = a.ip() else {
             panic!("IPv4 loopback expected, got {a}");
         };
-        format!("{:08X}:{:04X}", u32::from_le_bytes(ip.octets()), a.port())
+        format!("{:08X}:{:04X}", u32::from_ne_bytes(ip.octets()), a.port())
     };
     let (local, remote) = (hex(server), hex(client));
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -142,7 +142,8 @@ fn server_socket_timer(server: std::net::SocketAddr, client: std::net::SocketAdd
         let f: Vec<&str> = line.split_whitespace().collect();
         if f[1] == local && f[2] == remote {
             let (kind, when) = f[5].split_once(':').unwrap();
-            // Clock ticks of USER_HZ, which is 100 on Linux.
+            // The address is the network-order word printed as a native integer; the time is
+            // in clock ticks of USER_HZ, which is 100 on Linux.
             let left = u64::from_str_radix(when, 16).unwrap() as f64 / 100.0;
             return (kind.parse().unwrap(), left);
         }
@@ -156,7 +157,7 @@ fn server_socket_timer(server: std::net::SocketAddr, client: std::net::SocketAdd
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_probed_for_dead_peers() {
     for (config, armed) in [
-        ("", Some(60.0)),
+        ("", Some(300.0)),
         ("[c2s]\ntcp_keepalive_secs = 25\n", Some(25.0)),
         ("[c2s]\ntcp_keepalive_secs = 0\n", None),
     ] {

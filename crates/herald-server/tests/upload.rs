@@ -244,7 +244,8 @@ fn tmp_files(server: &TestServer) -> usize {
 
 #[tokio::test]
 async fn discovery_slot_put_get_and_audit_record() {
-    let server = TestServer::start().await;
+    // A reverse proxy on loopback, trusted to forward client addresses (see the audit).
+    let server = TestServer::with_config("[http]\ntrusted_proxies = [\"127.0.0.1\"]\n").await;
     server.add_user("alice").await;
     let mut a = server.login("alice", "phone").await;
 
@@ -330,8 +331,8 @@ async fn discovery_slot_put_get_and_audit_record() {
 
     // The URL as handed out: over TLS on the https listener.
     assert!(s.get.starts_with("https://"), "{}", s.get);
-    // Through a reverse proxy on loopback (trusted by default): the audit records the
-    // client it forwards for.
+    // Through a trusted reverse proxy on loopback: the audit records the client it
+    // forwards for.
     let r = web::http_request(
         server.https,
         true,

@@ -430,9 +430,9 @@ async fn oversized_request_heads_are_refused() {
     assert_eq!(r.status, 200, "the server still answers");
 }
 
-/// Behind a reverse proxy (loopback is trusted by default), login throttling counts the
-/// address the proxy forwards, so one web client's failed logins do not lock out every
-/// other client behind the same proxy. From an untrusted proxy the header is ignored.
+/// Behind a trusted reverse proxy, login throttling counts the address the proxy
+/// forwards, so one web client's failed logins do not lock out every other client behind
+/// the same proxy. From a proxy not listed (none is, by default) the header is ignored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_counts_the_address_a_trusted_proxy_forwards() {
     async fn attempt(
@@ -445,7 +445,10 @@ async fn throttling_counts_the_address_a_trusted_proxy_forwards() {
         c.open_stream().await;
         c.authenticate(user, password, Mech::SHA256).await
     }
-    for (trusted, others_locked_out) in [("", false), ("[http]\ntrusted_proxies = []\n", true)] {
+    for (trusted, others_locked_out) in [
+        ("[http]\ntrusted_proxies = [\"127.0.0.0/8\"]\n", false),
+        ("", true),
+    ] {
         let server = TestServer::with_config(&format!("[auth]\nmax_failures = 2\n{trusted}")).await;
         for user in ["alice", "bob", "carol"] {
             server.add_user(user).await;

@@ -41,7 +41,7 @@ pub enum FilesCmd {
     /// Delete files (their content and links; the records stay): by id, all of a user's,
     /// or all older than some days (--user and --older-than combine).
     Purge {
-        #[arg(allow_hyphen_values = true)]
+        /// File ids. Ids from before 2026-11-24 may start with `-`: put `--` before them.
         ids: Vec<String>,
         #[arg(long, value_name = "JID", conflicts_with = "ids")]
         user: Option<String>,

@@ -3,7 +3,7 @@
 // wait until the HTTP service answers /health.
 
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, writeFileSync, openSync, readFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync, openSync, closeSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve, dirname } from "node:path";
@@ -21,7 +21,7 @@ const BIN = process.env.HERALD_BIN ?? resolve(here, "../../../target/debug/heral
 /** `n` distinct free ports: every listener stays open until all have a port, since a
  * port released at once could come back from the next listen on port 0. */
 async function freePorts(n) {
-  const held = await Promise.all(
+  const opened = await Promise.allSettled(
     Array.from(
       { length: n },
       () =>
@@ -32,8 +32,11 @@ async function freePorts(n) {
         }),
     ),
   );
+  const held = opened.filter((r) => r.status === "fulfilled").map((r) => r.value);
   const ports = held.map((s) => s.address().port);
   await Promise.all(held.map((s) => new Promise((ok) => s.close(ok))));
+  const failed = opened.find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
   return ports;
 }
 
@@ -90,6 +93,7 @@ max_failures = 1000
       stdio: ["ignore", out, out],
       env: { ...process.env, NO_COLOR: "1" },
     });
+    closeSync(out); // the child has its own copy
     this.exited = new Promise((ok) => this.proc.once("exit", ok));
     const deadline = Date.now() + 30_000;
     for (;;) {

@@ -1,5 +1,7 @@
-//! The client's address behind reverse proxies: RFC 7239 `Forwarded` and the de facto
-//! `X-Forwarded-For`, believed only from `[http] trusted_proxies`.
+//! The client's address behind reverse proxies: the de facto `X-Forwarded-For` or RFC 7239
+//! `Forwarded` (`[http] forwarded_header` says which: a proxy appends to one and passes
+//! the other through as the client wrote it, so the choice is never left to the request),
+//! believed only from `[http] trusted_proxies`.
 //!
 //! A request arriving from a trusted proxy carries the chain of addresses it passed
 //! through, nearest last. The client is the nearest address that is not itself a trusted
@@ -76,25 +78,57 @@ impl fmt::Display for IpNet {
     }
 }
 
+/// Which header the trusted proxies write the client's address into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, Apache, most balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1;proto=https`.
+    Forwarded,
+}
+
+impl FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ForwardedHeader, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ForwardedHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardedHeader::Forwarded),
+            _ => Err(format!(
+                "{s:?} must be \"x-forwarded-for\" or \"forwarded\""
+            )),
+        }
+    }
+}
+
 /// The address to treat as the client's for a request that arrived from `peer`.
-pub fn client_addr(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> SocketAddr {
+pub fn client_addr(
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> SocketAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(peer.ip()) {
         return peer;
     }
-    let forwarded: Vec<&str> = if headers.contains_key("forwarded") {
-        header_items(headers, "forwarded")
-            .filter_map(|element| {
-                element.split(';').find_map(|pair| {
-                    let (k, v) = pair.split_once('=')?;
-                    k.trim()
-                        .eq_ignore_ascii_case("for")
-                        .then(|| v.trim().trim_matches('"'))
-                })
+    let forwarded: Vec<&str> = match header {
+        ForwardedHeader::XForwardedFor => header_items(headers, "x-forwarded-for").collect(),
+        // An element without `for=` is a hop that names nobody: kept, as an empty entry
+        // that does not parse, so the walk stops there.
+        ForwardedHeader::Forwarded => header_items(headers, "forwarded")
+            .map(|element| {
+                element
+                    .split(';')
+                    .find_map(|pair| {
+                        let (k, v) = pair.split_once('=')?;
+                        k.trim()
+                            .eq_ignore_ascii_case("for")
+                            .then(|| v.trim().trim_matches('"'))
+                    })
+                    .unwrap_or("")
             })
-            .collect()
-    } else {
-        header_items(headers, "x-forwarded-for").collect()
+            .collect(),
     };
     let mut client = peer;
     for hop in forwarded.iter().rev().take(MAX_HOPS) {
@@ -137,6 +171,9 @@ fn parse_node(s: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+    const FWD: ForwardedHeader = ForwardedHeader::Forwarded;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
@@ -188,8 +225,8 @@ mod tests {
     fn untrusted_peers_keep_their_address() {
         let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
         let peer = addr("192.0.2.1:5000");
-        assert_eq!(client_addr(peer, &h, &nets(&["127.0.0.1"])), peer);
-        assert_eq!(client_addr(peer, &h, &[]), peer);
+        assert_eq!(client_addr(peer, &h, &nets(&["127.0.0.1"]), XFF), peer);
+        assert_eq!(client_addr(peer, &h, &[], XFF), peer);
     }
 
     #[test]
@@ -197,29 +234,29 @@ mod tests {
         let t = nets(&["127.0.0.1", "10.0.0.0/8"]);
         let peer = addr("127.0.0.1:40000");
         let h = headers(&[("x-forwarded-for", "198.51.100.7")]);
-        assert_eq!(client_addr(peer, &h, &t), addr("198.51.100.7:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("198.51.100.7:0"));
         // Chained proxies: trusted hops are skipped, the spoofed start is ignored.
         let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.1.1")]);
-        assert_eq!(client_addr(peer, &h, &t), addr("198.51.100.7:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("198.51.100.7:0"));
         // The same chain split over several headers.
         let h = headers(&[
             ("x-forwarded-for", "6.6.6.6"),
             ("x-forwarded-for", "198.51.100.7, 10.1.1.1"),
         ]);
-        assert_eq!(client_addr(peer, &h, &t), addr("198.51.100.7:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("198.51.100.7:0"));
         // Every hop trusted: the farthest one.
         let h = headers(&[("x-forwarded-for", "10.9.9.9, 10.1.1.1")]);
-        assert_eq!(client_addr(peer, &h, &t), addr("10.9.9.9:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("10.9.9.9:0"));
         // A hop that does not parse stops at the last good one.
         let h = headers(&[("x-forwarded-for", "198.51.100.7, garbage, 10.1.1.1")]);
-        assert_eq!(client_addr(peer, &h, &t), addr("10.1.1.1:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("10.1.1.1:0"));
         let h = headers(&[("x-forwarded-for", "unknown")]);
-        assert_eq!(client_addr(peer, &h, &t), peer);
+        assert_eq!(client_addr(peer, &h, &t, XFF), peer);
         // No header: the proxy itself.
-        assert_eq!(client_addr(peer, &HeaderMap::new(), &t), peer);
+        assert_eq!(client_addr(peer, &HeaderMap::new(), &t, XFF), peer);
         // IPv6, bare and bracketed.
         let h = headers(&[("x-forwarded-for", "2001:db8::7")]);
-        assert_eq!(client_addr(peer, &h, &t), addr("[2001:db8::7]:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("[2001:db8::7]:0"));
     }
 
     #[test]
@@ -230,16 +267,30 @@ mod tests {
             "forwarded",
             r#"for=6.6.6.6, For="[2001:db8:cafe::17]:4711";proto=https;by=203.0.113.43"#,
         )]);
-        assert_eq!(client_addr(peer, &h, &t), addr("[2001:db8:cafe::17]:4711"));
-        // Forwarded wins over X-Forwarded-For when both are present.
+        assert_eq!(
+            client_addr(peer, &h, &t, FWD),
+            addr("[2001:db8:cafe::17]:4711")
+        );
+        // Only the configured header counts: a client's own header of the other kind,
+        // passed through by the proxy, is ignored.
         let h = headers(&[
             ("forwarded", "for=192.0.2.60;proto=http"),
             ("x-forwarded-for", "198.51.100.7"),
         ]);
-        assert_eq!(client_addr(peer, &h, &t), addr("192.0.2.60:0"));
+        assert_eq!(client_addr(peer, &h, &t, FWD), addr("192.0.2.60:0"));
+        assert_eq!(client_addr(peer, &h, &t, XFF), addr("198.51.100.7:0"));
+        let h = headers(&[("forwarded", "for=6.6.6.6")]);
+        assert_eq!(client_addr(peer, &h, &t, XFF), peer);
         // Obfuscated identifiers are not addresses.
         let h = headers(&[("forwarded", "for=_hidden")]);
-        assert_eq!(client_addr(peer, &h, &t), peer);
+        assert_eq!(client_addr(peer, &h, &t, FWD), peer);
+        // A proxy's element without `for=` names nobody: what the client wrote before it
+        // is not believed.
+        let h = headers(&[("forwarded", "for=6.6.6.6, proto=https;by=203.0.113.43")]);
+        assert_eq!(client_addr(peer, &h, &t, FWD), peer);
+        assert_eq!("Forwarded".parse(), Ok(FWD));
+        assert_eq!("x-forwarded-for".parse(), Ok(XFF));
+        assert!("x-real-ip".parse::<ForwardedHeader>().is_err());
     }
 
     #[test]
@@ -247,6 +298,9 @@ mod tests {
         let t = nets(&["0.0.0.0/0"]);
         let chain = vec!["10.0.0.1"; 5_000].join(",");
         let h = headers(&[("x-forwarded-for", chain.as_str())]);
-        assert_eq!(client_addr(addr("127.0.0.1:1"), &h, &t), addr("10.0.0.1:0"));
+        assert_eq!(
+            client_addr(addr("127.0.0.1:1"), &h, &t, XFF),
+            addr("10.0.0.1:0")
+        );
     }
 }

@@ -77,7 +77,8 @@ pub struct Room {
     pub info: Arc<std::sync::RwLock<super::RoomInfo>>,
 }
 
-/// Relayed IQs awaiting an answer, per room and per requesting session.
+/// Relayed IQs awaiting an answer, per room and per requesting account (all its
+/// sessions together, so many resources cannot fill the room's share).
 const MAX_PENDING_IQ: usize = 1024;
 const MAX_PENDING_IQ_PER_ASKER: usize = 32;
 /// A relayed IQ not answered in this time is answered `remote-server-timeout` (when the
@@ -1223,15 +1224,9 @@ impl Room {
             let Some(asked) = self.pending_iq.remove(&key) else {
                 return;
             };
-            let Some(responder_nick) = self.by_session.get(from.as_str()).cloned().or_else(|| {
-                self.occupants
-                    .values()
-                    .find(|o| o.real.bare_str() == from.as_str())
-                    .map(|o| o.nick.clone())
-            }) else {
-                return;
-            };
-            el.set_attr("from", self.nick_jid(&responder_nick).as_str());
+            // From the occupant JID the request was sent to, even if that occupant has
+            // since changed nick or left (a bounce for a departed session comes this way).
+            el.set_attr("from", self.nick_jid(&asked.nick).as_str());
             el.set_attr("to", asked.asker.as_str());
             el.set_attr("id", asked.id.as_str());
             return self.send(el).await;
@@ -1267,7 +1262,9 @@ impl Room {
             },
         };
         let asking = |p: &HashMap<(String, String), RelayedIq>| {
-            p.values().filter(|r| r.asker == from).count()
+            p.values()
+                .filter(|r| r.asker.bare_str() == from.bare_str())
+                .count()
         };
         if self.pending_iq.len() >= MAX_PENDING_IQ
             || asking(&self.pending_iq) >= MAX_PENDING_IQ_PER_ASKER
