@@ -74,11 +74,7 @@ impl SessionShared {
     }
 
     fn is_kicked(&self) -> bool {
-        self.kick
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        self.kick_reason().is_some()
     }
 }
 

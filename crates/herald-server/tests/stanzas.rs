@@ -5,12 +5,20 @@ mod common;
 
 use std::time::Duration;
 
-use common::{stanza_error, TestServer, DOMAIN};
+use common::{stanza_error, Client, TestServer, DOMAIN};
 use herald_core::ns;
 use herald_xml::Element;
 
 fn body(e: &Element) -> Option<String> {
     e.child("body", ns::CLIENT).map(|b| b.text())
+}
+
+/// A session of `user` that has sent initial presence, with the server done processing it.
+async fn available(server: &TestServer, user: &str, resource: &str) -> Client {
+    let mut c = server.login(user, resource).await;
+    c.send("<presence/>").await;
+    c.ping_server().await;
+    c
 }
 
 /// A new session of `user` that sends initial presence gets no stored message.
@@ -151,9 +159,7 @@ async fn online_delivery_to_bare_jid() {
     server.add_user("alice").await;
     server.add_user("bob").await;
     let mut a = server.login("alice", "a").await;
-    let mut b = server.login("bob", "b").await;
-    b.send("<presence/>").await;
-    b.ping_server().await;
+    let mut b = available(&server, "bob", "b").await;
     a.send("<message type='chat' id='o1' to='bob@example.test'><body>hello</body></message>")
         .await;
     let m = b.expect_match("message", is_chat).await;
@@ -333,9 +339,7 @@ async fn initial_presence_is_reflected_to_its_sender() {
 async fn presence_between_own_resources() {
     let server = TestServer::start().await;
     server.add_user("alice").await;
-    let mut one = server.login("alice", "one").await;
-    one.send("<presence/>").await;
-    one.ping_server().await;
+    let mut one = available(&server, "alice", "one").await;
     let mut two = server.login("alice", "two").await;
     two.send("<presence/>").await;
     let p = one
@@ -370,9 +374,7 @@ async fn a_burst_of_messages_arrives_whole_and_in_order() {
     server.add_user("alice").await;
     server.add_user("bob").await;
     let mut a = server.login("alice", "a").await;
-    let mut b = server.login("bob", "b").await;
-    b.send("<presence/>").await;
-    b.ping_server().await;
+    let mut b = available(&server, "bob", "b").await;
     // 200 messages of 40 kB: far more than bob's socket buffers hold while bob does not
     // read, so they wait in bob's outbox and leave it in full batches.
     let pad = "x".repeat(40_000);
@@ -413,9 +415,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
     server.add_user("alice").await;
     server.add_user("bob").await;
     let mut a = server.login("alice", "a").await;
-    let mut b = server.login("bob", "b").await;
-    b.send("<presence/>").await;
-    b.ping_server().await;
+    let mut b = available(&server, "bob", "b").await;
     // bob stops reading. 400 messages of 40 kB (16 MB) fill the loopback socket buffers,
     // then bob's outbox. Each wait on a full outbox lasts up to 1 s: had bob stayed
     // connected, routing the rest would take minutes.
@@ -529,10 +529,7 @@ async fn sessions_flooding_each_other_all_get_through() {
     let mut clients = Vec::new();
     for u in USERS {
         server.add_user(u).await;
-        let mut c = server.login(u, "r").await;
-        c.send("<presence/>").await;
-        c.ping_server().await;
-        clients.push(c);
+        clients.push(available(&server, u, "r").await);
     }
     let pad = "y".repeat(200);
     let runs = clients.iter_mut().enumerate().map(|(me, c)| {
@@ -584,9 +581,7 @@ async fn sessions_flooding_each_other_all_get_through() {
 async fn a_burst_to_ones_own_resource_comes_back_whole() {
     let server = TestServer::with_config(TINY_OUTBOX).await;
     server.add_user("alice").await;
-    let mut a = server.login("alice", "r").await;
-    a.send("<presence/>").await;
-    a.ping_server().await;
+    let mut a = available(&server, "alice", "r").await;
     const N: usize = 300;
     let burst: String = (0..N)
         .map(|i| {

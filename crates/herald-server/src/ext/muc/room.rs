@@ -1261,19 +1261,17 @@ impl Room {
                 None => return,
             },
         };
-        let asking = |p: &HashMap<(String, String), RelayedIq>| {
-            p.values()
-                .filter(|r| r.asker.bare_str() == from.bare_str())
-                .count()
+        let at_limit = |p: &HashMap<(String, String), RelayedIq>| {
+            p.len() >= MAX_PENDING_IQ
+                || p.values()
+                    .filter(|r| r.asker.bare_str() == from.bare_str())
+                    .count()
+                    >= MAX_PENDING_IQ_PER_ASKER
         };
-        if self.pending_iq.len() >= MAX_PENDING_IQ
-            || asking(&self.pending_iq) >= MAX_PENDING_IQ_PER_ASKER
-        {
+        if at_limit(&self.pending_iq) {
             self.expire_relayed_iqs().await;
         }
-        if self.pending_iq.len() >= MAX_PENDING_IQ
-            || asking(&self.pending_iq) >= MAX_PENDING_IQ_PER_ASKER
-        {
+        if at_limit(&self.pending_iq) {
             return self
                 .error_reply(
                     &el,
